@@ -136,12 +136,23 @@ impl Kind {
             Kind::Relu => zip_map_scalar([x, g], dx, |[x, g]| if x > T::ZERO { g } else { T::ZERO }),
             // With u = c(x + k x³) and t = tanh u: y = ½x(1 + t), y' = ½(1 + t) + ½x(1 − t²)·c(1 + 3k x²).
             Kind::Gelu(Gelu::Tanh) => {
-                let (c, k) = (T::from_f64(GELU_C), T::from_f64(GELU_CUBIC));
-                zip_map_scalar([x, g], dx, |[x, g]| {
-                    let t = (c * (x + k * x * x * x)).tanh();
-                    let du = c * (one + T::from_f64(3.0) * k * x * x);
-                    g * (half * (one + t) + half * x * (one - t * t) * du)
-                })
+                let (c, k, k3) = (T::from_f64(GELU_C), T::from_f64(GELU_CUBIC), T::from_f64(3.0 * GELU_CUBIC));
+                let (cv, kv, k3v, hv) =
+                    (T::Simd::splat(c), T::Simd::splat(k), T::Simd::splat(k3), T::Simd::splat(half));
+                zip_map(
+                    [x, g],
+                    dx,
+                    |[x, g]| {
+                        let t = (cv * (kv * x * x).mul_add(x, x)).tanh();
+                        let du = cv * (k3v * x).mul_add(x, ones);
+                        g * hv * ((ones + t) + x * (ones - t * t) * du)
+                    },
+                    |[x, g]| {
+                        let t = (c * (x + k * x * x * x)).tanh();
+                        let du = c * (one + k3 * x * x);
+                        g * half * ((one + t) + x * (one - t * t) * du)
+                    },
+                )
             }
             // y = xΦ(x), y' = Φ(x) + xφ(x) with φ(x) = e^(−x²/2) / √(2π).
             Kind::Gelu(Gelu::Erf) => {
