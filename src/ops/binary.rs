@@ -2,7 +2,8 @@
 //!
 //! `b` has either `a`'s shape or a suffix of it (a bias `[d]` against activations `[tokens, d]`, a per-row
 //! scale `[t, d]` against `[batch, t, d]`): `b` then repeats over `a`'s leading axes. In backward the
-//! gradient of a repeated operand is the sum over its repeats.
+//! gradient of a repeated operand is the sum over its repeats, added in row order (so the result does not
+//! depend on the thread count). The loops are `kernels::vector`'s SIMD maps, one per row of `a`.
 
 use crate::grad::Grad;
 use crate::kernels::vector::{for_each_row, update, zip_map, Arith};
