@@ -2,5 +2,7 @@
 //! each public function records the op on a [`crate::tape::Tape`] and returns the result.
 
 pub mod binary;
+pub mod scatter;
 
 pub use binary::{add, div, mul, sub};
+pub use scatter::scatter_rows;
