@@ -6,13 +6,30 @@
 //! input, and compares central differences with `tape.grad`, with the same step and tolerance as
 //! `common::Check::default()`. Batch norm runs in training mode (batch statistics: the gradient flows
 //! through them). Top-k selections are locally constant for random data, so the layers are smooth at the
-//! points checked.
+//! points checked. The routing op the MoE adds, `ops::scatter_rows`, gets its own property check first.
 
+mod common;
+
+use common::{check_gradients, tensor};
 use peerlm::nn::{
     DenseFfw, DenseFfwConfig, FfwOut, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Router, Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Grad, Param, ParamKind, Rng, Tape, Tensor, Var};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn scatter_rows_gradients(n in 1usize..8, width in 1usize..5, total in 1usize..5, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let rows: Vec<u32> = (0..n).map(|_| rng.below(total as u64) as u32).collect(); // repeats likely
+        let y = tensor(&[n, width], -2.0, 2.0, seed);
+        let weights = tensor(&[n], -1.0, 1.0, seed ^ 1);
+        check_gradients(&[y, weights], |t, v| ops::scatter_rows(t, &v[0], &rows, &v[1], total))?;
+    }
+}
 
 const EPS: f64 = 1e-6;
 const TOL: f64 = 1e-6;

@@ -83,3 +83,17 @@ pub fn scatter_rows<T: Float>(
 ) -> Var<T> {
     tape.apply(ScatterRows { rows: rows.to_vec(), total_rows }, &[y, weights])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_weighted_and_summed_into_place() {
+        let mut tape = Tape::<f64>::no_grad();
+        let y = tape.constant(Tensor::from_vec(&[3, 2], vec![1., 2., 3., 4., 5., 6.]));
+        let weights = tape.constant(Tensor::from_vec(&[3], vec![1., 10., 100.]));
+        let out = scatter_rows(&mut tape, &y, &[2, 0, 2], &weights, 4);
+        assert_eq!(out.value().data(), &[30., 40., 0., 0., 501., 602., 0., 0.]);
+    }
+}
