@@ -131,8 +131,8 @@ fn dense_ffw_gradients() {
     let config = DenseFfwConfig { d_model: 5, d_ff: 7 };
     let mut layer = DenseFfw::<f64>::new(&config, "ffw", &mut Rng::new(1));
     // GPT-2's 0.02 makes every gradient tiny next to the tolerance's "1 +": use unit-scale weights.
-    for p in layer.params_mut() {
-        p.value = Tensor::randn(p.value.shape(), 0.7, &mut Rng::new(p.value.numel() as u64));
+    for (i, p) in layer.params_mut().into_iter().enumerate() {
+        p.value = Tensor::randn(p.value.shape(), 0.7, &mut Rng::new(1).fork(i as u64));
     }
     check_layer(&mut layer, |l, t, x| l.forward(t, x, true), input(4, 5, 2));
 }
@@ -143,8 +143,10 @@ fn moe_config(routing: Routing) -> MoeConfig {
 
 fn moe_layer(routing: Routing, seed: u64) -> Moe<f64> {
     let mut layer = Moe::<f64>::new(&moe_config(routing), "moe", &mut Rng::new(seed));
-    for p in layer.params_mut() {
-        p.value = Tensor::randn(p.value.shape(), 0.7, &mut Rng::new(seed ^ p.value.numel() as u64));
+    // Unit-scale weights, each parameter from its own stream (identical experts would hide the gates'
+    // gradient: gates summing to 1 over equal outputs have no effect).
+    for (i, p) in layer.params_mut().into_iter().enumerate() {
+        p.value = Tensor::randn(p.value.shape(), 0.7, &mut Rng::new(seed).fork(i as u64));
     }
     layer
 }

@@ -98,7 +98,16 @@ fn later_tokens_never_change_earlier_outputs_in_evaluation() {
             let mut changed = x.clone();
             changed.data_mut()[(t + 1) * D..(t + 2) * D].iter_mut().for_each(|v| *v = -3.0 * *v + 1.0);
             let y_changed = eval(layer.as_mut(), &changed);
-            assert_eq!(y.data()[..(t + 1) * D], y_changed.data()[..(t + 1) * D], "{name}: token {} leaks", t + 1);
+            let (before, after) = (&y.data()[..(t + 1) * D], &y_changed.data()[..(t + 1) * D]);
+            if name == "moe_tc" {
+                // An expert's GEMM sees a batch of a different size when a later token's routing changes,
+                // which may round differently in the last bits (~1e-9 here); a leak would move these outputs,
+                // of size ~1e-3, by about their own size.
+                let close = before.iter().zip(after).all(|(a, b)| (a - b).abs() <= 1e-7);
+                assert!(close, "{name}: token {} leaks", t + 1);
+            } else {
+                assert_eq!(before, after, "{name}: token {} leaks", t + 1);
+            }
             assert_ne!(y.data()[(t + 1) * D..], y_changed.data()[(t + 1) * D..], "{name}: the change had no effect");
         }
     }
@@ -285,4 +294,8 @@ fn configs_read_from_json_with_defaults_and_reject_unknown_fields() {
     let moe: MoeConfig =
         serde_json::from_str(r#"{"d_model": 32, "num_experts": 4, "d_expert": 24, "top_k": 2}"#).unwrap();
     assert_eq!((moe.routing, moe.capacity_factor, moe.aux_loss_weight), (Routing::ExpertChoice, 1.0, 0.01));
+    let relu = PeerConfig { activation: ExpertActivation::Relu, router: Router::Sigmoid, ..peer_config() };
+    let text = serde_json::to_string(&relu).unwrap();
+    assert!(text.contains(r#""activation":"relu""#) && text.contains(r#""router":"sigmoid""#), "{text}");
+    assert_eq!(serde_json::from_str::<PeerConfig>(&text).unwrap(), relu);
 }

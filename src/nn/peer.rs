@@ -23,7 +23,7 @@
 
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
-use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS};
+use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM};
 use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
 use crate::ops::{self, BatchNormStats, ExpertActivation};
 use crate::param::{Param, ParamKind};
@@ -61,8 +61,8 @@ pub struct PeerConfig {
     /// Default softmax.
     #[cfg_attr(feature = "io", serde(default = "default_router"))]
     pub router: Router,
-    /// σ of eq. 5. Default GELU.
-    #[cfg_attr(feature = "io", serde(default = "default_activation"))]
+    /// σ of eq. 5, written `"gelu"` or `"relu"`. Default GELU.
+    #[cfg_attr(feature = "io", serde(default = "default_activation", with = "activation_name"))]
     pub activation: ExpertActivation,
 }
 
@@ -74,6 +74,30 @@ fn default_router() -> Router {
 #[cfg(feature = "io")]
 fn default_activation() -> ExpertActivation {
     ExpertActivation::Gelu
+}
+
+/// `ExpertActivation` (an op-level enum without serde) as a lowercase name in config files.
+#[cfg(feature = "io")]
+mod activation_name {
+    use crate::ops::ExpertActivation;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(activation: &ExpertActivation, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match activation {
+            ExpertActivation::Gelu => "gelu",
+            ExpertActivation::Relu => "relu",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ExpertActivation, D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "gelu" => Ok(ExpertActivation::Gelu),
+            "relu" => Ok(ExpertActivation::Relu),
+            other => {
+                Err(serde::de::Error::custom(format!("unknown activation {other:?}, expected \"gelu\" or \"relu\"")))
+            }
+        }
+    }
 }
 
 impl PeerConfig {
@@ -156,7 +180,7 @@ impl<T: Float> Peer<T> {
             config: config.clone(),
             query,
             query_bn,
-            query_bn_stats: BatchNormStats::new(config.key_dim),
+            query_bn_stats: BatchNormStats::new(config.key_dim, BATCH_NORM_MOMENTUM),
             keys1,
             keys2,
             u: Param::new(format!("{name}.u"), ParamKind::Table, u),

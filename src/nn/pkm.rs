@@ -22,8 +22,10 @@ use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 
-/// Epsilon of the query batch norm.
+/// Epsilon of the query batch norm (PyTorch's default).
 pub const BATCH_NORM_EPS: f64 = 1e-5;
+/// Weight of each training batch in the running statistics used for evaluation (PyTorch's default).
+pub const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
@@ -113,7 +115,7 @@ impl<T: Float> Pkm<T> {
             config: config.clone(),
             query,
             query_bn,
-            query_bn_stats: BatchNormStats::new(query_width),
+            query_bn_stats: BatchNormStats::new(query_width, BATCH_NORM_MOMENTUM),
             keys1,
             keys2,
             values: Param::new(format!("{name}.values"), ParamKind::Table, values),
