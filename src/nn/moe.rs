@@ -123,11 +123,6 @@ pub struct Moe<T: Float = f32> {
     usage: Option<ExpertUsage>,
 }
 
-/// Where each expert's tokens go: for expert e, the token rows it reads, in order.
-struct Dispatch {
-    tokens_of: Vec<Vec<u32>>,
-}
-
 impl<T: Float> Moe<T> {
     pub fn new(config: &MoeConfig, name: &str, rng: &mut Rng) -> Self {
         let router =
@@ -162,15 +157,17 @@ impl<T: Float> Moe<T> {
         for (slot, &e) in expert_ids.iter().enumerate() {
             slots_of[e as usize].push(slot as u32);
         }
-        let tokens_of = slots_of.iter().map(|slots| slots.iter().map(|&s| s / k as u32).collect()).collect();
+        let tokens_of: Vec<Vec<u32>> =
+            slots_of.iter().map(|slots| slots.iter().map(|&s| s / k as u32).collect()).collect();
         // Put the gates in the same expert-major order as the expert outputs will be.
         let slot_order: Vec<u32> = slots_of.concat();
         let gate_column = ops::reshape(tape, &gates, &[tokens * k, 1]);
         let gates_in_order = ops::embedding(tape, &gate_column, &slot_order);
         let gates_in_order = ops::reshape(tape, &gates_in_order, &[slot_order.len()]);
-        let y = self.dispatch(tape, x, &Dispatch { tokens_of }, &gates_in_order);
+        let y = self.dispatch(tape, x, &tokens_of, &gates_in_order);
 
-        // Load balancing: aux = E · Σ_e f_e · mean_t p_te = Σ_{t,e} p_te · (E · f_e / tokens).
+        // Load balancing: w · E · Σ_e f_e · mean_t p_te = Σ_{t,e} p_te · (w · E · f_e / tokens), with
+        // f_e = (slots routed to e) / (tokens · k), a constant.
         let probs = ops::softmax(tape, logits);
         let scale = self.config.aux_loss_weight * num_experts as f64 / (tokens * tokens * k) as f64;
         let per_expert = slots_of.iter().map(|s| T::from_f64(scale * s.len() as f64)).collect();
@@ -187,16 +184,16 @@ impl<T: Float> Moe<T> {
         let (gates, token_ids) = ops::topk(tape, &probs_by_expert, capacity); // [E, c]
         let expert_ids: Vec<u32> = (0..num_experts as u32).flat_map(|e| std::iter::repeat_n(e, capacity)).collect();
         self.record(&expert_ids);
-        let tokens_of = token_ids.chunks(capacity).map(<[u32]>::to_vec).collect();
+        let tokens_of: Vec<Vec<u32>> = token_ids.chunks(capacity).map(<[u32]>::to_vec).collect();
         let gates = ops::reshape(tape, &gates, &[num_experts * capacity]);
-        FfwOut { y: self.dispatch(tape, x, &Dispatch { tokens_of }, &gates), aux_loss: None }
+        FfwOut { y: self.dispatch(tape, x, &tokens_of, &gates), aux_loss: None }
     }
 
-    /// Runs every expert on its tokens and adds the gated outputs back: `gates` holds one gate per
-    /// (expert, token) pair in expert-major order.
-    fn dispatch(&self, tape: &mut Tape<T>, x: &Var<T>, dispatch: &Dispatch, gates: &Var<T>) -> Var<T> {
+    /// Runs every expert e on its tokens `tokens_of[e]` and adds the gated outputs back into their rows:
+    /// `gates` holds one gate per (expert, token) pair in the same expert-major order.
+    fn dispatch(&self, tape: &mut Tape<T>, x: &Var<T>, tokens_of: &[Vec<u32>], gates: &Var<T>) -> Var<T> {
         let mut outputs = Vec::new();
-        for (expert, tokens) in self.experts.iter().zip(&dispatch.tokens_of) {
+        for (expert, tokens) in self.experts.iter().zip(tokens_of) {
             if !tokens.is_empty() {
                 let expert_in = ops::embedding(tape, x, tokens);
                 outputs.push(expert.apply(tape, &expert_in));
@@ -204,7 +201,7 @@ impl<T: Float> Moe<T> {
         }
         let outputs: Vec<&Var<T>> = outputs.iter().collect();
         let all_outputs = ops::concat(tape, &outputs, 0);
-        let rows = dispatch.tokens_of.concat();
+        let rows = tokens_of.concat();
         ops::scatter_rows(tape, &all_outputs, &rows, gates, x.shape()[0])
     }
 
