@@ -6,4 +6,4 @@ pub mod float;
 pub mod gemm;
 
 pub use float::{Float, SimdVec};
-pub use gemm::{gemm, MatRef};
+pub use gemm::{gemm, gemm_batched, MatRef};
