@@ -12,7 +12,7 @@ pub mod topk;
 pub mod vector;
 
 pub use float::{Float, SimdVec};
-pub use gemm::{gemm, MatRef};
+pub use gemm::{gemm, gemm_batched, MatRef};
 pub use peer::ExpertActivation;
 pub use row_groups::RowGroups;
 pub use topk::topk_rows;
