@@ -4,12 +4,14 @@
 //! - `kernels`: SIMD and threaded loops over slices (GEMM, vector math), no autograd;
 //! - `tensor`, `grad`, `param`, `tape`: the tensor, dense and row-sparse gradients, parameters and the
 //!   reverse-mode tape;
-//! - `ops`: differentiable operations, each forward beside its backward.
+//! - `ops`: differentiable operations, each forward beside its backward;
+//! - `nn`: layers built from ops (linear, dense FFW, MoE, PKM, PEER), each owning its parameters.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the whole project.
 
 pub mod grad;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
 pub mod param;
 pub mod rng;

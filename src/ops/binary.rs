@@ -5,6 +5,7 @@
 //! gradient of a repeated operand is the sum over its repeats.
 
 use crate::grad::Grad;
+use crate::kernels::vector::{for_each_row, update, zip_map, Arith};
 use crate::kernels::Float;
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -17,13 +18,12 @@ enum Kind {
     Div,
 }
 
-/// The partial derivative of one output element, from (a, b, upstream gradient).
-type ElementGrad<T> = fn(T, T, T) -> T;
-
 struct Binary {
     kind: Kind,
 }
 
+// Each formula is written once over `V: Arith`, which both a float and its SIMD vector are: the same
+// function serves the SIMD body and the scalar tail of `kernels::vector`'s loops.
 impl Kind {
     fn name(self) -> &'static str {
         match self {
@@ -35,12 +35,33 @@ impl Kind {
     }
 
     #[inline(always)]
-    fn apply<T: Float>(self, x: T, y: T) -> T {
+    fn apply<V: Arith>(self, x: V, y: V) -> V {
         match self {
             Kind::Add => x + y,
             Kind::Sub => x - y,
             Kind::Mul => x * y,
             Kind::Div => x / y,
+        }
+    }
+
+    /// `g · ∂(x∘y)/∂x`, for one element `x` of `a` and `y` of `b`, given the upstream gradient `g`.
+    #[inline(always)]
+    fn grad_a<V: Arith>(self, _x: V, y: V, g: V) -> V {
+        match self {
+            Kind::Add | Kind::Sub => g,
+            Kind::Mul => g * y,
+            Kind::Div => g / y,
+        }
+    }
+
+    /// `g · ∂(x∘y)/∂y`.
+    #[inline(always)]
+    fn grad_b<V: Arith>(self, x: V, y: V, g: V) -> V {
+        match self {
+            Kind::Add => g,
+            Kind::Sub => -g,
+            Kind::Mul => g * x,
+            Kind::Div => -g * x / (y * y),
         }
     }
 }
@@ -51,40 +72,41 @@ impl<T: Float> Op<T> for Binary {
     }
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (a, b) = (x[0], x[1]);
-        check_broadcast(self.kind.name(), a.shape(), b.shape());
-        let mut out = Vec::with_capacity(a.numel());
-        for a_row in a.data().chunks(b.numel().max(1)) {
-            out.extend(a_row.iter().zip(b.data()).map(|(&p, &q)| self.kind.apply(p, q)));
-        }
-        Tensor::from_vec(a.shape(), out)
+        let (a, b) = (x[0].data(), x[1].data());
+        check_broadcast(self.kind.name(), x[0].shape(), x[1].shape());
+        let (kind, width) = (self.kind, b.len().max(1));
+        let mut out = vec![T::ZERO; a.len()];
+        // One row of `a` per repeat of `b` (a single row when the shapes are equal).
+        for_each_row(&mut out, width, width, |row, y| {
+            let a_row = &a[row * width..][..width];
+            zip_map([a_row, b], y, |[p, q]| kind.apply(p, q), |[p, q]| kind.apply(p, q));
+        });
+        Tensor::from_vec(x[0].shape(), out)
     }
 
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (a, b) = (x[0], x[1]);
-        let width = b.numel().max(1);
-        // d/da and d/db of one element, given a, b and the upstream gradient.
-        let (da, db): (ElementGrad<T>, ElementGrad<T>) = match self.kind {
-            Kind::Add => (|_, _, g| g, |_, _, g| g),
-            Kind::Sub => (|_, _, g| g, |_, _, g| -g),
-            Kind::Mul => (|_, q, g| g * q, |p, _, g| g * p),
-            Kind::Div => (|_, q, g| g / q, |p, q, g| -g * p / (q * q)),
-        };
+        let (a, b, g) = (x[0].data(), x[1].data(), g.data());
+        let (kind, width) = (self.kind, b.len().max(1));
         let grad_a = needs[0].then(|| {
-            let mut ga = Vec::with_capacity(a.numel());
-            for (a_row, g_row) in a.data().chunks(width).zip(g.data().chunks(width)) {
-                ga.extend(a_row.iter().zip(b.data()).zip(g_row).map(|((&p, &q), &g)| da(p, q, g)));
-            }
-            Grad::Dense(Tensor::from_vec(a.shape(), ga))
+            let mut ga = vec![T::ZERO; a.len()];
+            for_each_row(&mut ga, width, width, |row, d| {
+                let (a_row, g_row) = (&a[row * width..][..width], &g[row * width..][..width]);
+                zip_map([a_row, b, g_row], d, |[p, q, g]| kind.grad_a(p, q, g), |[p, q, g]| kind.grad_a(p, q, g));
+            });
+            Grad::Dense(Tensor::from_vec(x[0].shape(), ga))
         });
         let grad_b = needs[1].then(|| {
-            let mut gb = vec![T::ZERO; b.numel()];
-            for (a_row, g_row) in a.data().chunks(width).zip(g.data().chunks(width)) {
-                for (((acc, &p), &q), &g) in gb.iter_mut().zip(a_row).zip(b.data()).zip(g_row) {
-                    *acc += db(p, q, g);
-                }
+            // Rows are added in order, so the sum over repeats does not depend on the thread count.
+            let mut gb = vec![T::ZERO; b.len()];
+            for (a_row, g_row) in a.chunks(width).zip(g.chunks(width)) {
+                update(
+                    &mut gb,
+                    [a_row, b, g_row],
+                    |acc, [p, q, g]| acc + kind.grad_b(p, q, g),
+                    |acc, [p, q, g]| acc + kind.grad_b(p, q, g),
+                );
             }
-            Grad::Dense(Tensor::from_vec(b.shape(), gb))
+            Grad::Dense(Tensor::from_vec(x[1].shape(), gb))
         });
         vec![grad_a, grad_b]
     }

@@ -1,0 +1,384 @@
+//! Floor 0: elementwise maps, reductions and softmax rows over plain slices, with SIMD and threads.
+//!
+//! Every loop here has one shape: a SIMD body taking `T::LANES` elements at a time (16 f32 or 8 f64) and a
+//! scalar tail for the last `len % LANES`. The ops on floor 2 (`ops::unary`, `ops::softmax`, ...) say *what*
+//! to compute, as a pair of closures (one on SIMD vectors, one on scalars, the same formula twice); the
+//! helpers here say *how* to loop: [`update`]/[`zip_map`] for elementwise work, [`reduce`] for sums and
+//! maxima, [`for_each_row`] for row-wise work such as a softmax.
+//!
+//! Two rules make every result reproducible to the bit on any number of threads (bit-exact resume from a
+//! checkpoint depends on it):
+//! - work is split into chunks of the fixed size [`CHUNK`], never "one piece per thread";
+//! - a reduction adds its per-chunk partials in chunk order, and the serial path computes the very same
+//!   partials, so serial and parallel agree exactly.
+//!
+//! Threads start only from [`PARALLEL_MIN`] elements: below that, a rayon fork-join costs more than the
+//! loop itself.
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use rayon::prelude::*;
+
+use super::{Float, SimdVec};
+
+/// Inputs shorter than this run on the calling thread: a rayon fork-join costs a few microseconds, about
+/// the time it takes to stream 32K floats through an elementwise op.
+pub const PARALLEL_MIN: usize = 32 * 1024;
+
+/// Elements per parallel task, and per partial result of a reduction. Fixed, so neither the split nor the
+/// order in which partial sums are added depends on the thread count.
+pub const CHUNK: usize = 8 * 1024;
+
+/// The widest SIMD vector in use (f32x16), so a stack buffer of this size holds one vector's lanes.
+const MAX_LANES: usize = 16;
+
+/// Plain arithmetic, shared by a [`Float`] and its SIMD vector: a formula written once over `V: Arith`
+/// serves both the SIMD body and the scalar tail of a loop.
+pub trait Arith:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
+{
+}
+
+impl<V> Arith for V where
+    V: Copy + Add<Output = V> + Sub<Output = V> + Mul<Output = V> + Div<Output = V> + Neg<Output = V>
+{
+}
+
+/// `dst[i] = f(dst[i], srcs[0][i], .., srcs[N-1][i])`, given `f` on SIMD vectors and on scalars.
+///
+/// The in-place form covers accumulation (`dst += g * y`) and scaling; [`zip_map`] ignores the old value.
+pub fn update<T: Float, const N: usize>(
+    dst: &mut [T],
+    srcs: [&[T]; N],
+    simd: impl Fn(T::Simd, [T::Simd; N]) -> T::Simd + Sync,
+    scalar: impl Fn(T, [T; N]) -> T + Sync,
+) {
+    for_each_chunk(dst, srcs, |dst, srcs| {
+        let body = dst.len() - dst.len() % T::LANES;
+        for i in (0..body).step_by(T::LANES) {
+            let old = T::Simd::load(&dst[i..]);
+            simd(old, srcs.map(|s| T::Simd::load(&s[i..]))).store(&mut dst[i..]);
+        }
+        for i in body..dst.len() {
+            dst[i] = scalar(dst[i], srcs.map(|s| s[i]));
+        }
+    });
+}
+
+/// `dst[i] = f(srcs[0][i], .., srcs[N-1][i])`, given `f` on SIMD vectors and on scalars.
+pub fn zip_map<T: Float, const N: usize>(
+    srcs: [&[T]; N],
+    dst: &mut [T],
+    simd: impl Fn([T::Simd; N]) -> T::Simd + Sync,
+    scalar: impl Fn([T; N]) -> T + Sync,
+) {
+    update(dst, srcs, |_, v| simd(v), |_, x| scalar(x));
+}
+
+/// [`zip_map`] for a formula with no SIMD form (`ln`, `erf`, a comparison): a scalar loop, still threaded.
+pub fn zip_map_scalar<T: Float, const N: usize>(srcs: [&[T]; N], dst: &mut [T], scalar: impl Fn([T; N]) -> T + Sync) {
+    for_each_chunk(dst, srcs, |dst, srcs| {
+        for (i, out) in dst.iter_mut().enumerate() {
+            *out = scalar(srcs.map(|s| s[i]));
+        }
+    });
+}
+
+/// Runs `run` on matching pieces of `dst` and `srcs`: the whole slices when short, else [`CHUNK`]-sized
+/// pieces on rayon's threads.
+fn for_each_chunk<T: Float, const N: usize>(dst: &mut [T], srcs: [&[T]; N], run: impl Fn(&mut [T], [&[T]; N]) + Sync) {
+    for src in &srcs {
+        assert_eq!(src.len(), dst.len(), "vector: input of {} elements for an output of {}", src.len(), dst.len());
+    }
+    if dst.len() < PARALLEL_MIN {
+        run(dst, srcs);
+    } else {
+        dst.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, part)| {
+            let start = chunk * CHUNK;
+            run(part, srcs.map(|s| &s[start..start + part.len()]));
+        });
+    }
+}
+
+/// Folds zipped slices into one value: `acc = step(acc, srcs[..][i])` from `identity`, with SIMD lanes
+/// and chunk partials merged by `combine` (which must be the operation `step` folds with: `+` for a sum,
+/// `max` for a maximum). Threaded above [`PARALLEL_MIN`], with bit-identical results either way.
+pub fn reduce<T: Float, const N: usize>(
+    srcs: [&[T]; N],
+    identity: T,
+    simd_step: impl Fn(T::Simd, [T::Simd; N]) -> T::Simd + Sync,
+    scalar_step: impl Fn(T, [T; N]) -> T + Sync,
+    combine: impl Fn(T, T) -> T + Sync,
+) -> T {
+    let len = srcs.first().map_or(0, |s| s.len());
+    reduce_chunks(len >= PARALLEL_MIN, srcs, identity, simd_step, scalar_step, combine)
+}
+
+/// [`reduce`] with the choice of threads made by the caller (the tests compare both paths).
+fn reduce_chunks<T: Float, const N: usize>(
+    parallel: bool,
+    srcs: [&[T]; N],
+    identity: T,
+    simd_step: impl Fn(T::Simd, [T::Simd; N]) -> T::Simd + Sync,
+    scalar_step: impl Fn(T, [T; N]) -> T + Sync,
+    combine: impl Fn(T, T) -> T + Sync,
+) -> T {
+    let len = srcs.first().map_or(0, |s| s.len());
+    for src in &srcs {
+        assert_eq!(src.len(), len, "vector::reduce: inputs of {} and {len} elements", src.len());
+    }
+    let chunk_partial = |chunk: usize| {
+        let range = chunk * CHUNK..len.min((chunk + 1) * CHUNK);
+        let part = srcs.map(|s| &s[range.clone()]);
+        let body = range.len() - range.len() % T::LANES;
+        let mut acc = T::Simd::splat(identity);
+        for i in (0..body).step_by(T::LANES) {
+            acc = simd_step(acc, part.map(|s| T::Simd::load(&s[i..])));
+        }
+        let mut lanes = [T::ZERO; MAX_LANES];
+        acc.store(&mut lanes);
+        let mut total = lanes[..T::LANES].iter().fold(identity, |a, &b| combine(a, b));
+        for i in body..range.len() {
+            total = scalar_step(total, part.map(|s| s[i]));
+        }
+        total
+    };
+    let chunks = len.div_ceil(CHUNK);
+    if parallel {
+        let partials: Vec<T> = (0..chunks).into_par_iter().map(chunk_partial).collect();
+        partials.into_iter().fold(identity, &combine)
+    } else {
+        (0..chunks).map(chunk_partial).fold(identity, &combine)
+    }
+}
+
+/// Runs `f(row_index, dst_row)` for every `dst_width`-wide row of `dst`. Each row costs about
+/// `work_per_row` element operations; when all rows together reach [`PARALLEL_MIN`], groups of rows
+/// (about [`CHUNK`] work each, a fixed number of rows) run on rayon's threads. Rows are independent, so the
+/// split cannot change any result.
+pub fn for_each_row<D: Send>(dst: &mut [D], dst_width: usize, work_per_row: usize, f: impl Fn(usize, &mut [D]) + Sync) {
+    if dst_width == 0 {
+        return;
+    }
+    let rows = dst.len() / dst_width;
+    if rows * work_per_row < PARALLEL_MIN {
+        dst.chunks_mut(dst_width).enumerate().for_each(|(row, out)| f(row, out));
+    } else {
+        let rows_per_task = CHUNK.div_ceil(work_per_row.max(1));
+        dst.par_chunks_mut(dst_width * rows_per_task).enumerate().for_each(|(task, block)| {
+            for (i, out) in block.chunks_mut(dst_width).enumerate() {
+                f(task * rows_per_task + i, out);
+            }
+        });
+    }
+}
+
+/// `a + b` elementwise into `dst`.
+pub fn add<T: Float>(a: &[T], b: &[T], dst: &mut [T]) {
+    zip_map([a, b], dst, |[p, q]| p + q, |[p, q]| p + q);
+}
+
+/// `a * b` elementwise into `dst`.
+pub fn mul<T: Float>(a: &[T], b: &[T], dst: &mut [T]) {
+    zip_map([a, b], dst, |[p, q]| p * q, |[p, q]| p * q);
+}
+
+/// `x *= c` in place.
+pub fn scale<T: Float>(x: &mut [T], c: T) {
+    let cv = T::Simd::splat(c);
+    update(x, [], |v, []| v * cv, |v, []| v * c);
+}
+
+/// `y += alpha * x` in place.
+pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    let av = T::Simd::splat(alpha);
+    update(y, [x], |acc, [v]| v.mul_add(av, acc), |acc, [v]| acc + alpha * v);
+}
+
+/// `exp(x)` elementwise into `dst`.
+pub fn exp<T: Float>(x: &[T], dst: &mut [T]) {
+    zip_map([x], dst, |[v]| v.exp(), |[v]| v.exp());
+}
+
+/// The sum of `x` (0 for an empty slice).
+pub fn sum<T: Float>(x: &[T]) -> T {
+    reduce([x], T::ZERO, |acc, [v]| acc + v, |acc, [v]| acc + v, |a, b| a + b)
+}
+
+/// The largest element of `x` (−∞ for an empty slice).
+pub fn max<T: Float>(x: &[T]) -> T {
+    reduce([x], T::NEG_INFINITY, |acc, [v]| acc.max(v), |acc, [v]| acc.max(v), T::max)
+}
+
+/// `Σ a[i]·b[i]`.
+pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    reduce([a, b], T::ZERO, |acc, [p, q]| p.mul_add(q, acc), |acc, [p, q]| acc + p * q, |a, b| a + b)
+}
+
+/// The index of the first largest element: ties go to the lowest index. Panics on an empty slice.
+pub fn argmax<T: Float>(x: &[T]) -> usize {
+    let top = max(x);
+    x.iter().position(|&v| v == top).expect("vector::argmax of an empty slice (or one holding NaN)")
+}
+
+/// `Σ exp(x[i] − shift)`: a softmax normaliser; with `shift` = max(x) every term is at most 1, so it
+/// cannot overflow however large the logits.
+pub fn sum_exp<T: Float>(x: &[T], shift: T) -> T {
+    let sv = T::Simd::splat(shift);
+    reduce([x], T::ZERO, |acc, [v]| acc + (v - sv).exp(), |acc, [v]| acc + (v - shift).exp(), |a, b| a + b)
+}
+
+/// `ln Σ exp(x[i])`, computed stably as `m + ln Σ exp(x[i] − m)` with `m = max(x)`.
+pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
+    let m = max(x);
+    if m == T::NEG_INFINITY {
+        return m;
+    }
+    m + sum_exp(x, m).ln()
+}
+
+/// One softmax row: `y = exp(x − max x) / Σ exp(x − max x)`.
+pub fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
+    let m = max(x);
+    let mv = T::Simd::splat(m);
+    zip_map([x], y, |[v]| (v - mv).exp(), |[v]| (v - m).exp());
+    let total = sum(y);
+    scale(y, T::ONE / total);
+}
+
+/// One log-softmax row: `y = x − log_sum_exp(x)`.
+pub fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
+    let lse = log_sum_exp(x);
+    let lv = T::Simd::splat(lse);
+    zip_map([x], y, |[v]| v - lv, |[v]| v - lse);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in roughly [-3, 3], different for every index and length.
+    fn values<T: Float>(n: usize, salt: usize) -> Vec<T> {
+        (0..n).map(|i| T::from_f64((((i * 7 + salt * 13) % 23) as f64 - 11.0) * 0.27)).collect()
+    }
+
+    fn close<T: Float>(got: T, want: f64, what: &str, n: usize) {
+        let err = (got.to_f64() - want).abs() / (1.0 + want.abs());
+        let tol = if T::LANES == 16 { 1e-5 } else { 1e-12 };
+        assert!(err < tol, "{what} ({}, n = {n}): got {got}, want {want}", T::NAME);
+    }
+
+    fn elementwise_matches_scalar<T: Float>() {
+        for n in 0..=70 {
+            let (a, b) = (values::<T>(n, 1), values::<T>(n, 2));
+            let mut out = vec![T::ZERO; n];
+            add(&a, &b, &mut out);
+            (0..n).for_each(|i| assert_eq!(out[i], a[i] + b[i]));
+            mul(&a, &b, &mut out);
+            (0..n).for_each(|i| assert_eq!(out[i], a[i] * b[i]));
+            exp(&a, &mut out);
+            (0..n).for_each(|i| close(out[i], a[i].to_f64().exp(), "exp", n));
+            scale(&mut out, T::from_f64(0.5));
+            (0..n).for_each(|i| close(out[i], 0.5 * a[i].to_f64().exp(), "scale", n));
+            let mut y = b.clone();
+            axpy(T::from_f64(-1.5), &a, &mut y);
+            (0..n).for_each(|i| close(y[i], b[i].to_f64() - 1.5 * a[i].to_f64(), "axpy", n));
+        }
+    }
+
+    fn reductions_match_scalar<T: Float>() {
+        for n in 0..=70 {
+            let (a, b) = (values::<T>(n, 3), values::<T>(n, 4));
+            let (a64, b64): (Vec<f64>, Vec<f64>) =
+                (a.iter().map(|x| x.to_f64()).collect(), b.iter().map(|x| x.to_f64()).collect());
+            close(sum(&a), a64.iter().sum(), "sum", n);
+            close(dot(&a, &b), a64.iter().zip(&b64).map(|(p, q)| p * q).sum(), "dot", n);
+            assert_eq!(max(&a).to_f64(), a64.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+            if n > 0 {
+                let m = a64.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                assert_eq!(argmax(&a), a64.iter().position(|&v| v == m).unwrap());
+                let lse = m + a64.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                close(log_sum_exp(&a), lse, "log_sum_exp", n);
+                let mut y = vec![T::ZERO; n];
+                softmax_row(&a, &mut y);
+                (0..n).for_each(|i| close(y[i], (a64[i] - lse).exp(), "softmax", n));
+                log_softmax_row(&a, &mut y);
+                (0..n).for_each(|i| close(y[i], a64[i] - lse, "log_softmax", n));
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_match_scalar_reference_for_every_tail() {
+        elementwise_matches_scalar::<f32>();
+        elementwise_matches_scalar::<f64>();
+        reductions_match_scalar::<f32>();
+        reductions_match_scalar::<f64>();
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_tied_maxima() {
+        assert_eq!(argmax(&[1.0f32, 3.0, -2.0, 3.0]), 1);
+        assert_eq!(log_sum_exp::<f64>(&[]), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn softmax_of_huge_logits_is_finite() {
+        let x = [1e4f32, 0.0, -1e4, 1e4];
+        let mut y = [0.0f32; 4];
+        softmax_row(&x, &mut y);
+        assert_eq!(y, [0.5, 0.0, 0.0, 0.5]);
+    }
+
+    fn serial_and_parallel_agree<T: Float>() {
+        // Not a multiple of CHUNK or LANES, so the last chunk and the scalar tail are both exercised.
+        let n = 5 * CHUNK + 77;
+        let (a, b) = (values::<T>(n, 5), values::<T>(n, 6));
+        let steps = |parallel| {
+            (
+                reduce_chunks(parallel, [&a[..]], T::ZERO, |acc, [v]| acc + v, |acc, [v]| acc + v, |p, q| p + q),
+                reduce_chunks(
+                    parallel,
+                    [&a[..], &b[..]],
+                    T::ZERO,
+                    |acc, [p, q]| p.mul_add(q, acc),
+                    |acc, [p, q]| acc + p * q,
+                    |p, q| p + q,
+                ),
+            )
+        };
+        let (serial, parallel) = (steps(false), steps(true));
+        assert_eq!(serial.0.to_f64().to_bits(), parallel.0.to_f64().to_bits());
+        assert_eq!(serial.1.to_f64().to_bits(), parallel.1.to_f64().to_bits());
+        // And on a one-thread pool, where rayon runs every task in turn.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let one_thread = pool.install(|| steps(true));
+        assert_eq!(serial.0.to_f64().to_bits(), one_thread.0.to_f64().to_bits());
+        // Elementwise maps above the threshold equal the same map done piecewise below it.
+        let big = 2 * PARALLEL_MIN + 5;
+        let (x, y) = (values::<T>(big, 7), values::<T>(big, 8));
+        let mut whole = vec![T::ZERO; big];
+        mul(&x, &y, &mut whole);
+        for (i, piece) in whole.chunks(1000).enumerate() {
+            let mut small = vec![T::ZERO; piece.len()];
+            let range = i * 1000..i * 1000 + piece.len();
+            mul(&x[range.clone()], &y[range], &mut small);
+            assert_eq!(piece, &small[..]);
+        }
+    }
+
+    #[test]
+    fn parallel_results_are_bit_identical_to_serial() {
+        serial_and_parallel_agree::<f32>();
+        serial_and_parallel_agree::<f64>();
+    }
+
+    #[test]
+    fn rows_are_visited_once_each_in_both_paths() {
+        for (rows, width) in [(3, 5), (PARALLEL_MIN / 4, 8)] {
+            let mut seen = vec![0usize; rows * width];
+            for_each_row(&mut seen, width, width, |row, out| out.iter_mut().for_each(|s| *s += row + 1));
+            assert!(seen.chunks(width).enumerate().all(|(row, out)| out.iter().all(|&s| s == row + 1)));
+        }
+    }
+}
