@@ -4,10 +4,14 @@
 //! - `kernels`: SIMD and threaded loops over slices (GEMM, vector math), no autograd;
 //! - `tensor`, `grad`, `param`, `tape`: the tensor, dense and row-sparse gradients, parameters and the
 //!   reverse-mode tape;
-//! - `ops`: differentiable operations, each forward beside its backward.
+//! - `ops`: differentiable operations, each forward beside its backward;
+//! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
+//!   the engine rather than on top of it.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the whole project.
 
+#[cfg(feature = "io")]
+pub mod data;
 pub mod grad;
 pub mod kernels;
 pub mod ops;
