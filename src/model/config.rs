@@ -7,9 +7,10 @@
 //! The paper's PEER models replace the feed-forward layer of the middle block only (He 2024, §3); that
 //! is the default here when `ffw` is a retrieval layer and `ffw_blocks` is not given.
 
+use crate::kernels::peer::ExpertActivation;
 use crate::nn::ffw::DenseFfwConfig;
-use crate::nn::moe::MoeConfig;
-use crate::nn::peer::PeerConfig;
+use crate::nn::moe::{MoeConfig, Routing};
+use crate::nn::peer::{PeerConfig, Router};
 use crate::nn::pkm::PkmConfig;
 
 /// The feed-forward layer of a block.
@@ -74,10 +75,27 @@ impl Default for ModelConfig {
             norm_eps: 1e-5,
             ffw: FfwKind::Dense,
             ffw_blocks: None,
-            dense: DenseFfwConfig { d_model, ..DenseFfwConfig::default() },
-            moe: MoeConfig { d_model, ..MoeConfig::default() },
-            pkm: PkmConfig { d_model, ..PkmConfig::default() },
-            peer: PeerConfig { d_model, ..PeerConfig::default() },
+            dense: DenseFfwConfig { d_model, d_ff: 4 * d_model },
+            moe: MoeConfig {
+                d_model,
+                num_experts: 8,
+                d_expert: 4 * d_model,
+                top_k: 2,
+                routing: Routing::TokenChoice,
+                capacity_factor: 1.0,
+                aux_loss_weight: 0.01,
+            },
+            pkm: PkmConfig { d_model, num_keys: 512, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
+            peer: PeerConfig {
+                d_model,
+                num_experts: 512 * 512,
+                heads: 8,
+                top_k: 16,
+                key_dim: 256,
+                query_batch_norm: true,
+                router: Router::Softmax,
+                activation: ExpertActivation::Gelu,
+            },
         }
     }
 }
@@ -134,16 +152,16 @@ impl ModelConfig {
         }
         let used = |kind| (0..self.n_layers).any(|b| self.ffw_of(b) == kind);
         if used(FfwKind::Dense) {
-            self.dense.validate().map_err(|e| format!("dense.{e}"))?;
+            self.dense.validate()?;
         }
         if used(FfwKind::Moe) {
-            self.moe.validate().map_err(|e| format!("moe.{e}"))?;
+            self.moe.validate()?;
         }
         if used(FfwKind::Pkm) {
-            self.pkm.validate().map_err(|e| format!("pkm.{e}"))?;
+            self.pkm.validate()?;
         }
         if used(FfwKind::Peer) {
-            self.peer.validate().map_err(|e| format!("peer.{e}"))?;
+            self.peer.validate()?;
         }
         Ok(())
     }

@@ -12,7 +12,9 @@
 //! for the optimizer and checkpoints (which key them by their stable `name`). [`ExpertUsage`] counts which
 //! experts or memory slots a sparse layer selects, the paper's measure of how much of the pool is used.
 
+pub mod attention;
 pub mod ffw;
+pub mod layer_norm;
 pub mod linear;
 pub mod moe;
 pub mod peer;
