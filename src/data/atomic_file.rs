@@ -5,8 +5,11 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{DataError, Result};
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 pub struct AtomicFile {
     final_path: PathBuf,
@@ -20,7 +23,9 @@ impl AtomicFile {
         let file_name =
             path.file_name().ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
         let mut temp_name = file_name.to_os_string();
-        temp_name.push(format!(".tmp{}", std::process::id()));
+        // Unique per process and per writer, so concurrent writers of one name never share a temporary.
+        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+        temp_name.push(format!(".tmp{}-{serial}", std::process::id()));
         let temp_path = path.with_file_name(temp_name);
         let file = File::create(&temp_path).map_err(|e| DataError::io(temp_path.display(), e))?;
         Ok(AtomicFile {
