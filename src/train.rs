@@ -20,6 +20,7 @@ use crate::model::{flops, Gpt, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::tape::Tape;
+use crate::tensor::Tensor;
 
 /// How to train; a config file's `"train"` section. Every field has a default.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,6 +147,8 @@ pub struct Trainer {
     schedule: CosineSchedule,
     tape: Tape<f32>,
     step: u64,
+    /// The tokenizer file's text, kept in checkpoints so that `eval` and `sample` need nothing else.
+    tokenizer: Option<String>,
 }
 
 impl Trainer {
@@ -163,7 +166,12 @@ impl Trainer {
         let warmup = t.warmup_steps.min(t.steps);
         let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio).map_err(TrainError)?;
         let model = Gpt::new(&config.model, t.seed);
-        Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0 })
+        Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
+    }
+
+    /// Records the tokenizer (its file's text) to store in checkpoints.
+    pub fn set_tokenizer(&mut self, text: String) {
+        self.tokenizer = Some(text);
     }
 
     /// Steps taken so far.
@@ -209,7 +217,7 @@ impl Trainer {
 
     /// Everything needed to continue exactly: weights, optimizer moments, running statistics, step.
     pub fn to_checkpoint(&self) -> Checkpoint {
-        let mut tensors: Vec<(String, crate::tensor::Tensor<f32>)> =
+        let mut tensors: Vec<(String, Tensor<f32>)> =
             self.model.params().iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         tensors.extend(self.model.buffers());
         tensors.extend(self.optimizer.state_tensors());
@@ -218,46 +226,93 @@ impl Trainer {
         metadata.insert("step".into(), self.step.to_string());
         metadata.insert("optimizer_step".into(), self.optimizer.step_count().to_string());
         metadata.insert("config".into(), serde_json::to_string(&self.config).expect("config serialises"));
+        if let Some(tokenizer) = &self.tokenizer {
+            metadata.insert("tokenizer".into(), tokenizer.clone());
+        }
         Checkpoint { tensors, metadata }
     }
 
     /// Rebuilds a trainer from a checkpoint written by [`Trainer::to_checkpoint`].
     pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self, TrainError> {
-        let meta = |key: &str| {
-            checkpoint.metadata.get(key).ok_or_else(|| TrainError(format!("checkpoint: metadata has no \"{key}\"")))
-        };
-        if meta("format")? != "peerlm-checkpoint-v1" {
-            return Err(TrainError(format!("checkpoint: unknown format {:?}", meta("format")?)));
-        }
-        let config: RunConfig =
-            serde_json::from_str(meta("config")?).map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
-        let step: u64 = meta("step")?.parse().map_err(|e| TrainError(format!("checkpoint: step: {e}")))?;
-        let optimizer_step: u64 =
-            meta("optimizer_step")?.parse().map_err(|e| TrainError(format!("checkpoint: optimizer_step: {e}")))?;
-        let mut trainer = Trainer::new(config)?;
-        let mut tensors: BTreeMap<String, crate::tensor::Tensor<f32>> = checkpoint.tensors.into_iter().collect();
-        for param in trainer.model.params_mut() {
-            let value = tensors
-                .remove(&param.name)
-                .ok_or_else(|| TrainError(format!("checkpoint: no tensor for parameter {}", param.name)))?;
-            if value.shape() != param.value.shape() {
-                return Err(TrainError(format!(
-                    "checkpoint: {} has shape {:?}, the model expects {:?}",
-                    param.name,
-                    value.shape(),
-                    param.value.shape()
-                )));
-            }
-            param.value = value;
-        }
-        trainer.model.load_buffers(&mut tensors).map_err(TrainError)?;
+        let restored = Restored::new(checkpoint)?;
+        let optimizer_step: u64 = restored.meta("optimizer_step")?.parse().map_err(|e| bad("optimizer_step", e))?;
+        let mut trainer = Trainer::new(restored.config.clone())?;
+        let mut tensors = restored.tensors;
+        trainer.model = model_from(&restored.config, &mut tensors)?;
+        let optimizer_state: Vec<(String, Tensor<f32>)> = tensors.into_iter().collect();
         trainer
             .optimizer
-            .load_state(tensors, optimizer_step)
+            .load_state(optimizer_step, &optimizer_state, &trainer.model.params())
             .map_err(|e| TrainError(format!("checkpoint: optimizer state: {e}")))?;
-        trainer.step = step;
+        trainer.step = restored.step;
+        trainer.tokenizer = restored.metadata.get("tokenizer").cloned();
         Ok(trainer)
     }
+}
+
+/// The model, config and metadata of a checkpoint, without the optimizer state (for `eval`, `sample`).
+pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, BTreeMap<String, String>), TrainError> {
+    let mut restored = Restored::new(checkpoint)?;
+    let model = model_from(&restored.config, &mut restored.tensors)?;
+    Ok((model, restored.config, restored.metadata))
+}
+
+/// A checkpoint's parts, checked and parsed.
+struct Restored {
+    config: RunConfig,
+    step: u64,
+    metadata: BTreeMap<String, String>,
+    tensors: BTreeMap<String, Tensor<f32>>,
+}
+
+impl Restored {
+    fn new(checkpoint: Checkpoint) -> Result<Self, TrainError> {
+        let mut restored = Restored {
+            config: RunConfig::default(),
+            step: 0,
+            metadata: checkpoint.metadata,
+            tensors: checkpoint.tensors.into_iter().collect(),
+        };
+        if restored.meta("format")? != "peerlm-checkpoint-v1" {
+            return Err(TrainError(format!("checkpoint: unknown format {:?}", restored.meta("format")?)));
+        }
+        restored.config = serde_json::from_str(restored.meta("config")?).map_err(|e| bad("config", e))?;
+        restored.config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
+        restored.step = restored.meta("step")?.parse().map_err(|e| bad("step", e))?;
+        Ok(restored)
+    }
+
+    fn meta(&self, key: &str) -> Result<&str, TrainError> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| TrainError(format!("checkpoint: metadata has no \"{key}\"")))
+    }
+}
+
+fn bad(key: &str, error: impl fmt::Display) -> TrainError {
+    TrainError(format!("checkpoint: metadata \"{key}\": {error}"))
+}
+
+/// Builds the model of `config` and moves its weights and running statistics out of `tensors`.
+fn model_from(config: &RunConfig, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<Gpt<f32>, TrainError> {
+    let mut model = Gpt::new(&config.model, config.train.seed);
+    for param in model.params_mut() {
+        let value = tensors
+            .remove(&param.name)
+            .ok_or_else(|| TrainError(format!("checkpoint: no tensor for parameter {}", param.name)))?;
+        if value.shape() != param.value.shape() {
+            return Err(TrainError(format!(
+                "checkpoint: {} has shape {:?}, the model expects {:?}",
+                param.name,
+                value.shape(),
+                param.value.shape()
+            )));
+        }
+        param.value = value;
+    }
+    model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))?;
+    Ok(model)
 }
 
 /// Where a run writes and what it prints.

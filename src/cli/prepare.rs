@@ -46,6 +46,22 @@ pub struct PrepareArgs {
     shard_tokens: u64,
 }
 
+impl PrepareArgs {
+    /// The defaults of the command line for `input` files held out against `valid` files.
+    pub fn new(input: Vec<PathBuf>, valid: Vec<PathBuf>, out: PathBuf, vocab: usize) -> Self {
+        PrepareArgs {
+            input,
+            out,
+            vocab,
+            valid,
+            valid_docs: None,
+            skip_bad_lines: false,
+            train_sample_bytes: 256 << 20,
+            shard_tokens: 100_000_000,
+        }
+    }
+}
+
 /// Text encoded per parallel batch in pass 2.
 const BATCH_BYTES: usize = 8 << 20;
 

@@ -4,6 +4,8 @@
 //! Each block's feed-forward layer is dense, MoE, PKM or PEER, chosen by [`ModelConfig`]; everything else
 //! is shared, so comparing layers at equal FLOPs compares only the layer.
 
+use std::collections::BTreeMap;
+
 use crate::kernels::Float;
 use crate::model::config::{FfwKind, ModelConfig};
 use crate::nn::attention::{Attention, KvCache};
@@ -272,6 +274,37 @@ impl<T: Float> Gpt<T> {
     /// Starts or stops counting expert selections in every retrieval layer.
     pub fn track_usage(&mut self, on: bool) {
         self.blocks.iter_mut().for_each(|b| b.ffw.track_usage(on));
+    }
+
+    /// Non-trainable state a checkpoint must keep: batch-norm running statistics, as
+    /// `<layer>.running_mean` and `<layer>.running_var` tensors.
+    pub fn buffers(&self) -> Vec<(String, Tensor<T>)> {
+        let mut buffers = Vec::new();
+        for block in &self.blocks {
+            for (name, stats) in block.ffw.module().batch_norm_stats() {
+                let n = stats.mean.len();
+                buffers.push((format!("{name}.running_mean"), Tensor::from_vec(&[n], stats.mean.clone())));
+                buffers.push((format!("{name}.running_var"), Tensor::from_vec(&[n], stats.var.clone())));
+            }
+        }
+        buffers
+    }
+
+    /// Moves the tensors of [`Gpt::buffers`] out of `tensors` into the layers.
+    pub fn load_buffers(&mut self, tensors: &mut BTreeMap<String, Tensor<T>>) -> Result<(), String> {
+        for block in &mut self.blocks {
+            for (name, stats) in block.ffw.module_mut().batch_norm_stats_mut() {
+                for (suffix, values) in [("running_mean", &mut stats.mean), ("running_var", &mut stats.var)] {
+                    let key = format!("{name}.{suffix}");
+                    let tensor = tensors.remove(&key).ok_or_else(|| format!("no tensor {key}"))?;
+                    if tensor.numel() != values.len() {
+                        return Err(format!("{key} has {} values, the layer {}", tensor.numel(), values.len()));
+                    }
+                    *values = tensor.into_vec();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Total number of parameter elements.
