@@ -288,7 +288,7 @@ mod tests {
             let b: Vec<f32> = random(k * n, 6).iter().map(|&x| x as f32).collect();
             let product = || {
                 let mut c = vec![0.0f32; m * n];
-                gemm(MatRef::new(&a, m, k), MatRef::new(&b, k, n).t().t(), &mut c, false);
+                gemm(MatRef::new(&a, m, k), MatRef::new(&b, k, n), &mut c, false);
                 c
             };
             let one = on_threads(1, product);

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use crate::grad::Grad;
-use crate::kernels::Float;
+use crate::kernels::{Float, SimdVec};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -58,10 +58,31 @@ impl<T: Float> Norm<T> {
     /// Mean and rstd of one row.
     fn row_stats(&self, row: &[T]) -> (T, T) {
         let d = T::from_usize(row.len());
-        let mean = if self.centered { row.iter().copied().sum::<T>() / d } else { T::ZERO };
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
+        let mean =
+            if self.centered { simd_sum(row.len(), |j| T::Simd::load(&row[j..]), |j| row[j]) / d } else { T::ZERO };
+        let m = T::Simd::splat(mean);
+        let var = simd_sum(
+            row.len(),
+            |j| {
+                let v = T::Simd::load(&row[j..]) - m;
+                v * v
+            },
+            |j| (row[j] - mean) * (row[j] - mean),
+        ) / d;
         (mean, T::ONE / (var + T::from_f64(self.eps)).sqrt())
     }
+}
+
+/// `Σ_{j < len} term(j)`, `LANES` terms at a time into one SIMD accumulator (`lanes(j)` gives terms
+/// `j..j + LANES`), then the remainder one by one. A plain `for` sum is a chain of dependent adds the
+/// compiler may not reorder; the vector accumulator runs `LANES` chains side by side.
+fn simd_sum<T: Float>(len: usize, lanes: impl Fn(usize) -> T::Simd, one: impl Fn(usize) -> T) -> T {
+    let full = len / T::LANES * T::LANES;
+    let mut acc = T::Simd::splat(T::ZERO);
+    for j in (0..full).step_by(T::LANES) {
+        acc = acc + lanes(j);
+    }
+    acc.reduce_add() + (full..len).map(one).sum::<T>()
 }
 
 /// Smallest number of chunks a rayon task takes: all of them (so the calling thread runs them in order,
@@ -95,9 +116,11 @@ impl<T: Float> Op<T> for Norm<T> {
             for ((y, stat), xr) in out_chunk.chunks_mut(d).zip(stat_chunk).zip(x_chunk.chunks(d)) {
                 let (mean, rstd) = this.row_stats(xr);
                 *stat = (mean, rstd);
-                for j in 0..d {
-                    let shift = bias.map_or(T::ZERO, |b| b[j]);
-                    y[j] = (xr[j] - mean) * rstd * gain[j] + shift;
+                for ((yj, &xj), &gj) in y.iter_mut().zip(xr).zip(gain) {
+                    *yj = (xj - mean) * rstd * gj;
+                }
+                if let Some(bias) = bias {
+                    y.iter_mut().zip(bias).for_each(|(yj, &bj)| *yj += bj);
                 }
             }
         });
@@ -157,19 +180,18 @@ impl<T: Float> Norm<T> {
         dgain: &mut [T],
         dbias: &mut [T],
     ) {
-        let d = T::from_usize(x.len());
+        let (len, d) = (x.len(), T::from_usize(x.len()));
+        let (mean_v, rstd_v) = (T::Simd::splat(mean), T::Simd::splat(rstd));
+        let load = |v: &[T], j: usize| T::Simd::load(&v[j..]);
         // mean(dx̂) and mean(dx̂ ⊙ x̂) over the row.
-        let mut mean_dxhat = T::ZERO;
-        let mut mean_dxhat_xhat = T::ZERO;
-        for j in 0..x.len() {
-            let xhat = (x[j] - mean) * rstd;
-            let dxhat = g[j] * gain[j];
-            mean_dxhat += dxhat;
-            mean_dxhat_xhat += dxhat * xhat;
-        }
-        mean_dxhat = if self.centered { mean_dxhat / d } else { T::ZERO };
-        mean_dxhat_xhat /= d;
-        for j in 0..x.len() {
+        let mean_dxhat =
+            if self.centered { simd_sum(len, |j| load(g, j) * load(gain, j), |j| g[j] * gain[j]) / d } else { T::ZERO };
+        let mean_dxhat_xhat = simd_sum(
+            len,
+            |j| load(g, j) * load(gain, j) * ((load(x, j) - mean_v) * rstd_v),
+            |j| g[j] * gain[j] * ((x[j] - mean) * rstd),
+        ) / d;
+        for j in 0..len {
             let xhat = (x[j] - mean) * rstd;
             let dxhat = g[j] * gain[j];
             dx[j] = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
