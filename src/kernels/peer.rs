@@ -29,6 +29,12 @@ use super::{Float, SimdVec};
 /// Tokens per parallel work item: enough to amortise rayon's overhead, few enough to balance 2+ cores.
 const TOKEN_BLOCK: usize = 16;
 
+/// How many (token, expert) pairs ahead the loops prefetch the expert rows they will read.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Distinct expert rows per parallel work item in the backward's pass 2.
+const ROW_BLOCK: usize = 32;
+
 /// The nonlinearity σ inside each expert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpertActivation {
@@ -155,6 +161,15 @@ impl<T: Float> ExpertBatch<'_, T> {
         &table[start..start + self.d]
     }
 
+    /// Prefetches the u and v rows of the expert at flat position `pos` (if any).
+    #[inline(always)]
+    fn prefetch(&self, pos: usize) {
+        if let Some(&id) = self.expert_ids.get(pos) {
+            prefetch_row(self.row(self.u, id));
+            prefetch_row(self.row(self.v, id));
+        }
+    }
+
     fn token(&self, t: usize) -> &[T] {
         &self.x[t * self.d..(t + 1) * self.d]
     }
@@ -173,10 +188,7 @@ pub fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
                 let x_t = batch.token(t);
                 let ids = &batch.expert_ids[t * m..(t + 1) * m];
                 for j in 0..m {
-                    if let Some(&next) = ids.get(j + 1) {
-                        prefetch_row(batch.row(batch.u, next));
-                        prefetch_row(batch.row(batch.v, next));
-                    }
+                    batch.prefetch(t * m + j + PREFETCH_AHEAD);
                     let h = dot(batch.row(batch.u, ids[j]), x_t);
                     pre_t[j] = h;
                     axpy(batch.gates[t * m + j] * batch.act.apply(h), batch.row(batch.v, ids[j]), out_t);
@@ -224,6 +236,7 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
                 for j in 0..m {
                     let (pos, local) = (t * m + j, t * m + j - first);
                     let id = batch.expert_ids[pos];
+                    batch.prefetch(pos + PREFETCH_AHEAD);
                     let (h, gate) = (pre[pos], batch.gates[pos]);
                     let vg = dot(batch.row(batch.v, id), g_t);
                     let a = batch.act.apply(h);
@@ -238,14 +251,16 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
     let groups = RowGroups::new(batch.expert_ids);
     let mut du = vec![T::ZERO; groups.len() * d];
     let mut dv = vec![T::ZERO; groups.len() * d];
-    du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().for_each(|(g, (du_row, dv_row))| {
-        for &pos in groups.group(g) {
-            let pos = pos as usize;
-            let t = pos / m;
-            axpy(dpre[pos], batch.token(t), du_row);
-            axpy(scale_v[pos], &grad_out[t * d..(t + 1) * d], dv_row);
-        }
-    });
+    du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().with_min_len(ROW_BLOCK).for_each(
+        |(g, (du_row, dv_row))| {
+            for &pos in groups.group(g) {
+                let pos = pos as usize;
+                let t = pos / m;
+                axpy(dpre[pos], batch.token(t), du_row);
+                axpy(scale_v[pos], &grad_out[t * d..(t + 1) * d], dv_row);
+            }
+        },
+    );
     ExpertGrads { dx, dgates, rows: groups.rows, du, dv }
 }
 
