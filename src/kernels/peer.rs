@@ -115,6 +115,23 @@ pub(crate) fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
+/// `y = alpha · x`, never reading `y`. For a freshly allocated `y`, the first touch of each page is then a
+/// write: one page fault, where `y += …` would first fault the shared zero page in for the read and then
+/// fault again to copy it for the write.
+#[inline]
+pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    debug_assert_eq!(x.len(), y.len());
+    let lanes = T::LANES;
+    let body = x.len() / lanes * lanes;
+    let va = T::Simd::splat(alpha);
+    for (cy, cx) in y[..body].chunks_exact_mut(lanes).zip(x[..body].chunks_exact(lanes)) {
+        (T::Simd::load(cx) * va).store(cy);
+    }
+    for (yi, &xi) in y[body..].iter_mut().zip(&x[body..]) {
+        *yi = alpha * xi;
+    }
+}
+
 /// Hints the CPU to start loading the first cache lines of a table row we are about to read, so the
 /// random access to the next expert overlaps with the arithmetic on the current one.
 #[inline(always)]
@@ -253,11 +270,17 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
     let mut dv = vec![T::ZERO; groups.len() * d];
     du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().with_min_len(ROW_BLOCK).for_each(
         |(g, (du_row, dv_row))| {
-            for &pos in groups.group(g) {
+            for (i, &pos) in groups.group(g).iter().enumerate() {
                 let pos = pos as usize;
                 let t = pos / m;
-                axpy(dpre[pos], batch.token(t), du_row);
-                axpy(scale_v[pos], &grad_out[t * d..(t + 1) * d], dv_row);
+                let (x_t, g_t) = (batch.token(t), &grad_out[t * d..(t + 1) * d]);
+                if i == 0 {
+                    scale_into(dpre[pos], x_t, du_row);
+                    scale_into(scale_v[pos], g_t, dv_row);
+                } else {
+                    axpy(dpre[pos], x_t, du_row);
+                    axpy(scale_v[pos], g_t, dv_row);
+                }
             }
         },
     );
