@@ -132,8 +132,10 @@ pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// Hints the CPU to start loading the first cache lines of a table row we are about to read, so the
-/// random access to the next expert overlaps with the arithmetic on the current one.
+/// Hints the CPU to start loading every cache line of a table row we are about to read, so the random
+/// access to an expert a few pairs ahead overlaps with the work on the current one. Measured on the
+/// 2-core development machine (one thread, d = 256, m = 128, N = 512², 1024 tokens): forward CPU time
+/// ~119 ms without, ~79 ms with; the backward's pass 1 gains likewise.
 #[inline(always)]
 fn prefetch_row<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
