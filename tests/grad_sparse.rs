@@ -16,7 +16,7 @@ fn random_ids(len: usize, n: usize, seed: u64) -> Vec<u32> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn embedding_grad(n in 1usize..6, d in 1usize..5, len in 1usize..9, seed in any::<u64>()) {

@@ -75,7 +75,7 @@ fn assert_coalesced(grad: &Grad<f64>, what: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Values from a small set (many ties) with some NaN and infinities, against a full sort.
     #[test]

