@@ -1,20 +1,22 @@
 //! PEER, the parameter-efficient expert retrieval layer of He 2024 ("Mixture of A Million Experts", §2).
 //!
-//! A pool of N experts, each a single hidden neuron: expert i is `e_i(x) = σ(u_iᵀ x) · v_i` with
-//! `u_i, v_i ∈ R^d` (eq. 5), stored as the rows of two tables U, V `[N, d]`. A token reaches its experts
-//! the way a product-key memory reaches its slots (Lample et al. 2019). For one head (§2, eqs. 1–4):
+//! A pool of N experts, each a single hidden neuron (§2, "Parameter Efficient Experts"): expert i is
+//! `e_i(x) = σ(u_iᵀ x) · v_i` with `u_i, v_i ∈ R^d`, stored as the rows of two tables U, V `[N, d]`. A token
+//! reaches its experts the way a product-key memory reaches its slots (Lample et al. 2019). For one head:
 //!
-//! 1. query: `q(x) = W_q x` (a linear map, batch-normalised as in PKM);
-//! 2. retrieval: the keys are the N = n² concatenations `k_(i,j) = [c_i ; c'_j]` of two sub-key tables
-//!    C, C' `[n, key_dim/2]`, so `q·k_(i,j) = q₁·c_i + q₂·c'_j` and the top-k experts are among the k×k
-//!    pairs of the top-k of each half (eqs. 3–4): `I = top-k_i(q(x)ᵀ k_i)`;
-//! 3. router: `g_i(x) = softmax(q(x)ᵀ k_i)` over the k retrieved experts (eq. 1; sigmoid as an option);
-//! 4. experts: `f(x) = Σ_{i∈I} g_i(x) · e_i(x)` (eq. 2).
+//! 1. query: `q(x) = W_q x` (the query network, batch-normalised as in PKM);
+//! 2. retrieval (eq. 1): `I = T_k(q(x)ᵀ k_i)`, the k experts whose keys score highest. The keys are the
+//!    N = n² concatenations `k_(i,j) = [c_i ; c'_j]` of two sub-key tables C, C' `[n, key_dim/2]`
+//!    (§2, "Product Key Retrieval"), so `q·k_(i,j) = q₁·c_i + q₂·c'_j` and the top k are among the k×k
+//!    pairs of the top k of each half: O(n + k²) work, not O(N);
+//! 3. router (eq. 2): `g_i(x) = s(q(x)ᵀ k_i)` for i ∈ I, s = softmax over the k scores (or sigmoid);
+//! 4. mixture (eq. 3): `f(x) = Σ_{i∈I} g_i(x) · e_i(x)`.
 //!
-//! Multi-head retrieval (§2, eq. 6): h independent query networks share the sub-keys and the expert pool,
-//! and their outputs are summed, `f(x) = Σ_h f^h(x)`: effectively an MLP with h·k hidden neurons chosen per
-//! token from N. Here the h queries come from one linear map `d → h·key_dim` and the sum over heads is
-//! a single weighted sum over the token's h·k experts, done by the fused [`ops::peer_experts`].
+//! Multi-head retrieval (§2, "Multi-Head Retrieval"): h independent query networks share the sub-keys
+//! and the expert pool, and their outputs are summed, `f(x) = Σ_h f^h(x)`: effectively an MLP with h·k
+//! hidden neurons chosen per token from N. Here the h queries come from one linear map `d → h·key_dim`,
+//! and the sum over heads is a single weighted sum over the token's h·k experts, done by the fused
+//! [`ops::peer_experts`].
 //!
 //! Initialisation (the paper does not give one; chosen so activations keep unit scale): query weights
 //! N(0, 1/d) so that with a layer-normed input each query entry has unit variance; sub-keys uniform in
@@ -31,7 +33,7 @@ use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 
-/// How the k retrieved scores of a head become gates (eq. 1).
+/// How the k retrieved scores of a head become gates, s in eq. 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(rename_all = "snake_case"))]
@@ -61,7 +63,7 @@ pub struct PeerConfig {
     /// Default softmax.
     #[cfg_attr(feature = "io", serde(default = "default_router"))]
     pub router: Router,
-    /// σ of eq. 5, written `"gelu"` or `"relu"`. Default GELU.
+    /// σ of the experts, written `"gelu"` or `"relu"`. Default GELU.
     #[cfg_attr(feature = "io", serde(default = "default_activation", with = "activation_name"))]
     pub activation: ExpertActivation,
 }
@@ -205,18 +207,18 @@ impl<T: Float> Peer<T> {
             let (gain, bias) = (tape.param(gain), tape.param(bias));
             query = ops::batch_norm(tape, &query, &gain, &bias, &mut self.query_bn_stats, training, BATCH_NORM_EPS);
         }
-        // 2. Product-key retrieval of each head's top-k experts (eqs. 3–4).
+        // 2. Product-key retrieval of each head's top-k experts (eq. 1).
         let (keys1, keys2) = (tape.param(&self.keys1), tape.param(&self.keys2));
         let (scores, expert_ids) = ops::product_key_topk(tape, &query, &keys1, &keys2, k); // [tokens·heads, k]
         if let Some(usage) = &mut self.usage {
             usage.record(&expert_ids);
         }
-        // 3. Router: gates over each head's k experts (eq. 1).
+        // 3. Router: gates over each head's k experts (eq. 2).
         let gates = match self.config.router {
             Router::Softmax => ops::softmax(tape, &scores),
             Router::Sigmoid => ops::sigmoid(tape, &scores),
         };
-        // 4. Experts, summed over the k experts of every head and over the heads (eqs. 2, 5, 6).
+        // 4. Experts, summed over the k experts of every head (eq. 3) and over the heads.
         let gates = ops::reshape(tape, &gates, &[tokens, heads * k]);
         let (u, v) = (tape.param(&self.u), tape.param(&self.v));
         let y = ops::peer_experts(tape, x, &u, &v, &gates, &expert_ids, self.config.activation);
