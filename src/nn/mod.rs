@@ -29,6 +29,7 @@ pub use pkm::{Pkm, PkmConfig};
 pub use usage::ExpertUsage;
 
 use crate::kernels::Float;
+use crate::ops::BatchNormStats;
 use crate::param::Param;
 use crate::tape::Var;
 
@@ -36,6 +37,16 @@ use crate::tape::Var;
 pub trait Module<T: Float> {
     fn params(&self) -> Vec<&Param<T>>;
     fn params_mut(&mut self) -> Vec<&mut Param<T>>;
+
+    /// Batch-norm running statistics, by layer name: state that is not trained but that evaluation uses,
+    /// so checkpoints must keep it. Most layers have none.
+    fn batch_norm_stats(&self) -> Vec<(String, &BatchNormStats<T>)> {
+        Vec::new()
+    }
+
+    fn batch_norm_stats_mut(&mut self) -> Vec<(String, &mut BatchNormStats<T>)> {
+        Vec::new()
+    }
 }
 
 /// What a feed-forward layer returns: its output `[tokens, d_model]` and, for layers trained with an
@@ -44,4 +55,9 @@ pub trait Module<T: Float> {
 pub struct FfwOut<T: Float> {
     pub y: Var<T>,
     pub aux_loss: Option<Var<T>>,
+}
+
+/// The name of a batch norm, from its gain parameter's (`<layer>.query_bn.gain` → `<layer>.query_bn`).
+fn bn_name<T: Float>(gain: &Param<T>) -> String {
+    gain.name.strip_suffix(".gain").unwrap_or(&gain.name).to_string()
 }

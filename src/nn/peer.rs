@@ -27,6 +27,7 @@ use crate::kernels::Float;
 use crate::nn::ffw::positive;
 use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM};
 use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
+use crate::nn::bn_name;
 use crate::ops::{self, BatchNormStats, ExpertActivation};
 use crate::param::{Param, ParamKind};
 use crate::rng::Rng;
@@ -243,6 +244,17 @@ impl<T: Float> Peer<T> {
 }
 
 impl<T: Float> Module<T> for Peer<T> {
+    fn batch_norm_stats(&self) -> Vec<(String, &BatchNormStats<T>)> {
+        self.query_bn.iter().map(|(gain, _)| (bn_name(gain), &self.query_bn_stats)).collect()
+    }
+
+    fn batch_norm_stats_mut(&mut self) -> Vec<(String, &mut BatchNormStats<T>)> {
+        match &self.query_bn {
+            Some((gain, _)) => vec![(bn_name(gain), &mut self.query_bn_stats)],
+            None => Vec::new(),
+        }
+    }
+
     fn params(&self) -> Vec<&Param<T>> {
         let mut params = self.query.params();
         if let Some((gain, bias)) = &self.query_bn {
