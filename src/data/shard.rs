@@ -51,6 +51,13 @@ impl Fnv1a {
     }
 }
 
+/// The checksum stored in header slots 4 and 5: FNV-1a 64 of the token bytes as stored.
+pub fn checksum(token_bytes: &[u8]) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.update(token_bytes);
+    hash.0
+}
+
 /// The decoded header of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardHeader {
