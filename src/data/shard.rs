@@ -254,6 +254,9 @@ impl Shard {
         // name and renamed into place (see `ShardWriter`), never modified afterwards.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&name, e))?;
         check_length(&header, map.len() as u64, &name)?;
+        // Training reads small windows at random places: tell the kernel not to read ahead around them, so
+        // the pages mapped into the process are (about) the ones read. An advice, so failure is harmless.
+        let _ = map.advise(memmap2::Advice::Random);
         Ok(Shard { path: path.to_path_buf(), header, map })
     }
 
