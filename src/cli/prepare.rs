@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
 use peerlm::data::c4::DocumentReader;
 use peerlm::data::shard::ShardWriter;
 use peerlm::data::{tokenizer_file, DataError, Tokenizer};
@@ -68,6 +69,13 @@ const BATCH_BYTES: usize = 8 << 20;
 pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
     if args.valid.is_empty() && args.valid_docs.is_none() {
         return Err("give held-out data: --valid <files> or --valid-docs <N>".into());
+    }
+    if !(MIN_VOCAB..=MAX_VOCAB).contains(&args.vocab) {
+        return Err(format!(
+            "--vocab {} is not in {MIN_VOCAB}..={MAX_VOCAB} (256 bytes + merges + end-of-text)",
+            args.vocab
+        )
+        .into());
     }
     if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as u64 {
         return Err(format!("--shard-tokens {} is not in 1..={}", args.shard_tokens, i32::MAX).into());

@@ -10,7 +10,7 @@ pub enum DataError {
     Io { path: String, source: io::Error },
     /// A C4 line that is not a JSON object with a string `text` field (or not UTF-8, or cut short).
     BadLine { path: String, line: u64, reason: String },
-    /// A tokenizer file that does not follow the `peerlm-bpe v1` format.
+    /// A tokenizer file that does not follow the `peerlm-bpe v1` format (`line` 0: the file as a whole).
     BadTokenizer { path: String, line: usize, reason: String },
     /// A token shard whose header or contents fail validation.
     BadShard { path: String, reason: String },
@@ -35,6 +35,7 @@ impl fmt::Display for DataError {
         match self {
             DataError::Io { path, source } => write!(f, "{path}: {source}"),
             DataError::BadLine { path, line, reason } => write!(f, "{path}:{line}: {reason}"),
+            DataError::BadTokenizer { path, line: 0, reason } => write!(f, "{path}: bad tokenizer file: {reason}"),
             DataError::BadTokenizer { path, line, reason } => {
                 write!(f, "{path}:{line}: bad tokenizer file: {reason}")
             }

@@ -51,6 +51,13 @@ impl Fnv1a {
     }
 }
 
+/// The checksum stored in header slots 4 and 5: FNV-1a 64 of the token bytes as stored.
+pub fn checksum(token_bytes: &[u8]) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.update(token_bytes);
+    hash.0
+}
+
 /// The decoded header of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardHeader {
@@ -247,6 +254,9 @@ impl Shard {
         // name and renamed into place (see `ShardWriter`), never modified afterwards.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&name, e))?;
         check_length(&header, map.len() as u64, &name)?;
+        // Training reads small windows at random places: tell the kernel not to read ahead around them, so
+        // the pages mapped into the process are (about) the ones read. An advice, so failure is harmless.
+        let _ = map.advise(memmap2::Advice::Random);
         Ok(Shard { path: path.to_path_buf(), header, map })
     }
 

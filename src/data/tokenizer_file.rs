@@ -120,9 +120,11 @@ fn parse_field(line: Option<(usize, &str)>, key: &str, name: &str) -> Result<usi
         })
 }
 
-/// A plain decimal number (digits only, no sign, at most 10 digits).
+/// A plain decimal number: digits only, no sign, no leading zero, at most 10 digits (so one number has
+/// exactly one spelling and a file that loads saves back byte for byte).
 fn parse_decimal(field: &str) -> Option<u64> {
-    if field.is_empty() || field.len() > 10 || !field.bytes().all(|b| b.is_ascii_digit()) {
+    let leading_zero = field.len() > 1 && field.starts_with('0');
+    if field.is_empty() || leading_zero || field.len() > 10 || !field.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     field.parse().ok()
