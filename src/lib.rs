@@ -15,17 +15,24 @@
 //! See `docs/ARCHITECTURE.md` for the map of the whole project.
 
 #[cfg(feature = "io")]
+pub mod checkpoint;
+#[cfg(feature = "io")]
 pub mod data;
+#[cfg(feature = "io")]
+pub mod eval;
 pub mod grad;
 pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod param;
 pub mod rng;
 pub mod sample;
 pub mod tape;
 pub mod tensor;
+#[cfg(feature = "io")]
+pub mod train;
 
 pub use grad::{Grad, RowGrad};
 pub use kernels::Float;

@@ -169,6 +169,14 @@ impl Trainer {
         Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
     }
 
+    /// Changes the planned number of steps; the learning-rate schedule stretches to match.
+    pub fn set_steps(&mut self, steps: u64) -> Result<(), TrainError> {
+        let t = &mut self.config.train;
+        t.steps = steps;
+        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio).map_err(TrainError)?;
+        Ok(())
+    }
+
     /// Records the tokenizer (its file's text) to store in checkpoints.
     pub fn set_tokenizer(&mut self, text: String) {
         self.tokenizer = Some(text);
@@ -359,9 +367,9 @@ pub fn run(
 
     while trainer.step_count() < t.steps {
         let batch = train.train_batch(t.seed, trainer.step_count(), t.batch_size);
-        last = trainer.train_step(&batch).map_err(|e| {
-            TrainError(format!("{e}; the last good checkpoint is {}", checkpoint_path.display()))
-        })?;
+        last = trainer
+            .train_step(&batch)
+            .map_err(|e| TrainError(format!("{e}; the last good checkpoint is {}", checkpoint_path.display())))?;
         let step = trainer.step_count();
         let elapsed = started.elapsed().as_secs_f64();
         let tokens_per_second = ((step - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9);

@@ -22,7 +22,11 @@ fn prepare(dir: &Path) -> (Tokenizer, TokenDataset, TokenDataset) {
     shard::write_shard(&train_path, VOCAB as u32, &tokenizer.encode_documents(&docs[..50])).unwrap();
     shard::write_shard(&valid_path, VOCAB as u32, &tokenizer.encode_documents(&docs[50..])).unwrap();
     let seq_len = config().model.seq_len;
-    (tokenizer, TokenDataset::open(&[train_path], seq_len).unwrap(), TokenDataset::open(&[valid_path], seq_len).unwrap())
+    (
+        tokenizer,
+        TokenDataset::open(&[train_path], seq_len).unwrap(),
+        TokenDataset::open(&[valid_path], seq_len).unwrap(),
+    )
 }
 
 fn config() -> RunConfig {
@@ -63,12 +67,14 @@ fn loss_falls_and_the_checkpoint_evaluates_and_samples() {
     assert!(before > (VOCAB as f64).ln() - 0.5, "an untrained model should be near uniform: {before}");
 
     let (mut model, _, _) = train::load_model(Checkpoint::load(&summary.checkpoint).unwrap()).unwrap();
-    let report = peerlm::eval::evaluate(&mut model, &valid_data, 4, 4, Some(&|t| tokenizer.token_bytes(t).unwrap().len()));
+    let report =
+        peerlm::eval::evaluate(&mut model, &valid_data, 4, 4, Some(&|t| tokenizer.token_bytes(t).unwrap().len()));
     assert!((report.loss - trainer.validate(&valid_data, 4)).abs() < 1e-9, "the checkpoint evaluates like the model");
     assert!(report.bits_per_byte.unwrap() > 0.0 && report.usage.len() == 1);
     assert!(report.usage[0].fraction_used > 0.0 && report.usage[0].fraction_used <= 1.0);
     let prompt = tokenizer.encode("The");
-    let sample_config = SampleConfig { max_new_tokens: 20, temperature: 0.8, top_k: Some(10), seed: 1, stop_token: None };
+    let sample_config =
+        SampleConfig { max_new_tokens: 20, temperature: 0.8, top_k: Some(10), seed: 1, stop_token: None };
     let tokens = generate(&mut model, &prompt, &sample_config, |_| {});
     assert_eq!(tokens.len(), 20);
     assert!(tokenizer.decode_bytes(&tokens).is_ok());
@@ -84,15 +90,19 @@ fn a_resumed_run_ends_with_the_same_bits() {
     let mut straight = Trainer::new(config()).unwrap();
     train::run(&mut straight, &train_data, Some(&valid_data), &quiet(&straight_dir)).unwrap();
 
-    // Stop after 20 steps (a checkpoint is written there), then resume from the file.
+    // A run of 40 steps stopped after its checkpoint at step 20, then resumed from the file.
     let resumed_dir = dir.join("resumed");
-    let mut first_half = Trainer::new(config()).unwrap();
-    first_half.config.train.steps = 20;
-    train::run(&mut first_half, &train_data, Some(&valid_data), &quiet(&resumed_dir)).unwrap();
-    drop(first_half);
-    let mut resumed = Trainer::from_checkpoint(Checkpoint::load(&resumed_dir.join("checkpoint.safetensors")).unwrap()).unwrap();
+    std::fs::create_dir_all(&resumed_dir).unwrap();
+    let mut stopped = Trainer::new(config()).unwrap();
+    let t = stopped.config.train.clone();
+    for step in 0..20 {
+        stopped.train_step(&train_data.train_batch(t.seed, step, t.batch_size)).unwrap();
+    }
+    let path = resumed_dir.join("checkpoint.safetensors");
+    stopped.to_checkpoint().save(&path).unwrap();
+    drop(stopped);
+    let mut resumed = Trainer::from_checkpoint(Checkpoint::load(&path).unwrap()).unwrap();
     assert_eq!(resumed.step_count(), 20);
-    resumed.config.train.steps = 40;
     train::run(&mut resumed, &train_data, Some(&valid_data), &quiet(&resumed_dir)).unwrap();
 
     let expected = straight.model.params();
@@ -130,5 +140,9 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     trainer.config.train.steps = 40;
     let error = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&dir)).unwrap_err();
     assert!(error.0.contains("NaN") && error.0.contains("checkpoint"), "{error}");
-    assert_eq!(std::fs::read(dir.join("checkpoint.safetensors")).unwrap(), saved, "the good checkpoint was overwritten");
+    assert_eq!(
+        std::fs::read(dir.join("checkpoint.safetensors")).unwrap(),
+        saved,
+        "the good checkpoint was overwritten"
+    );
 }

@@ -65,7 +65,8 @@ fn shard_paths(dir: &Path, split: &str) -> Result<Vec<PathBuf>, Box<dyn Error>> 
 /// The model and tokenizer stored in a checkpoint.
 fn load_model(path: &Path) -> Result<(Gpt<f32>, Tokenizer), Box<dyn Error>> {
     let (model, _, metadata) = peerlm::train::load_model(Checkpoint::load(path)?)?;
-    let text = metadata.get("tokenizer").ok_or_else(|| format!("{}: the checkpoint holds no tokenizer", path.display()))?;
+    let text =
+        metadata.get("tokenizer").ok_or_else(|| format!("{}: the checkpoint holds no tokenizer", path.display()))?;
     let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))?;
     Ok((model, tokenizer))
 }

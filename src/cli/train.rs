@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use peerlm::data::{tokenizer_file, TokenDataset};
 use peerlm::model::flops;
-use peerlm::nn::Module;
 use peerlm::train::{self, RunConfig, RunOptions, Trainer};
 
 use super::{prepare, print_sample, shard_paths};
@@ -70,7 +69,9 @@ pub fn run(args: &TrainArgs) -> Result<(), Box<dyn Error>> {
     let checkpoint_path = out.join("checkpoint.safetensors");
     let mut trainer = if args.resume {
         let mut trainer = Trainer::from_checkpoint(peerlm::checkpoint::Checkpoint::load(&checkpoint_path)?)?;
-        trainer.config.train.steps = config.train.steps;
+        if args.steps.is_some() || args.flops.is_some() {
+            trainer.set_steps(config.train.steps)?;
+        }
         eprintln!("resuming {} at step {}", checkpoint_path.display(), trainer.step_count());
         trainer
     } else {
@@ -88,7 +89,8 @@ pub fn run(args: &TrainArgs) -> Result<(), Box<dyn Error>> {
         per_token * (trainer.config.train.steps as usize * tokens_per_step) as f64
     );
     eprintln!("data: {} training tokens, {} validation tokens", train_data.token_count(), valid_data.token_count());
-    let summary = train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { out_dir: out, progress: true })?;
+    let summary =
+        train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { out_dir: out, progress: true })?;
 
     let report = peerlm::eval::evaluate(&mut trainer.model, &valid_data, trainer.config.train.batch_size, 0, None);
     println!(

@@ -24,10 +24,10 @@
 //! sum of the h·k expert outputs has O(1) entries; batch-norm gain 1, bias 0.
 
 use crate::kernels::Float;
+use crate::nn::bn_name;
 use crate::nn::ffw::positive;
 use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM};
 use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
-use crate::nn::bn_name;
 use crate::ops::{self, BatchNormStats, ExpertActivation};
 use crate::param::{Param, ParamKind};
 use crate::rng::Rng;

@@ -14,9 +14,9 @@
 //! code's choice); values N(0, 1/d_model) (as in that code); batch-norm gain 1, bias 0.
 
 use crate::kernels::Float;
+use crate::nn::bn_name;
 use crate::nn::ffw::positive;
 use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
-use crate::nn::bn_name;
 use crate::ops::{self, BatchNormStats};
 use crate::param::{Param, ParamKind};
 use crate::rng::Rng;
