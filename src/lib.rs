@@ -4,13 +4,15 @@
 //! - `kernels`: SIMD and threaded loops over slices (GEMM, vector math), no autograd;
 //! - `tensor`, `grad`, `param`, `tape`: the tensor, dense and row-sparse gradients, parameters and the
 //!   reverse-mode tape;
-//! - `ops`: differentiable operations, each forward beside its backward.
+//! - `ops`: differentiable operations, each forward beside its backward;
+//! - `optim`: AdamW (dense and lazy row-sparse), the learning-rate schedule, gradient clipping.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the whole project.
 
 pub mod grad;
 pub mod kernels;
 pub mod ops;
+pub mod optim;
 pub mod param;
 pub mod rng;
 pub mod tape;
