@@ -258,8 +258,11 @@ impl Trainer {
     }
 }
 
+/// A checkpoint's string metadata (step, config, tokenizer).
+pub type Metadata = BTreeMap<String, String>;
+
 /// The model, config and metadata of a checkpoint, without the optimizer state (for `eval`, `sample`).
-pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, BTreeMap<String, String>), TrainError> {
+pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metadata), TrainError> {
     let mut restored = Restored::new(checkpoint)?;
     let model = model_from(&restored.config, &mut restored.tensors)?;
     Ok((model, restored.config, restored.metadata))

@@ -142,7 +142,7 @@ impl ModelConfig {
         if self.d_model % self.n_heads != 0 {
             return Err(format!("n_heads: {} does not divide d_model = {}", self.n_heads, self.d_model));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(format!("norm_eps: {} must be positive", self.norm_eps));
         }
         if let Some(blocks) = &self.ffw_blocks {
