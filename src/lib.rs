@@ -4,17 +4,35 @@
 //! - `kernels`: SIMD and threaded loops over slices (GEMM, vector math), no autograd;
 //! - `tensor`, `grad`, `param`, `tape`: the tensor, dense and row-sparse gradients, parameters and the
 //!   reverse-mode tape;
-//! - `ops`: differentiable operations, each forward beside its backward.
+//! - `ops`: differentiable operations, each forward beside its backward;
+//! - `nn`: layers built from ops (linear, layer norm, attention, dense FFW, MoE, PKM, PEER), each owning its
+//!   parameters; `optim`: AdamW (dense and lazy row-sparse), schedule, clipping;
+//! - `model`: the GPT decoder, its config and FLOP counter;
+//! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it;
+//! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
+//!   the engine rather than on top of it.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the whole project.
 
+#[cfg(feature = "io")]
+pub mod checkpoint;
+#[cfg(feature = "io")]
+pub mod data;
+#[cfg(feature = "io")]
+pub mod eval;
 pub mod grad;
 pub mod kernels;
+pub mod model;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod param;
 pub mod rng;
+pub mod sample;
 pub mod tape;
 pub mod tensor;
+#[cfg(feature = "io")]
+pub mod train;
 
 pub use grad::{Grad, RowGrad};
 pub use kernels::Float;

@@ -1,9 +1,30 @@
-//! Matrix multiplication: `C = A·B (+ C)` on row-major buffers, either operand optionally transposed.
+//! Matrix multiplication: `C = A·B (+ C)` on row-major buffers, either operand optionally transposed,
+//! spread over the cores with rayon.
 //!
 //! A transposed operand costs nothing: `matrixmultiply` takes a row stride and a column stride for each
 //! matrix, and a transpose is the same buffer with the two strides swapped.
+//!
+//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] cuts C into a few blocks of rows (or of
+//! columns, when C is wider than tall) and rayon runs one `matrixmultiply` call per block. Every element of
+//! C is computed by exactly one call, and the blocks depend only on the shape, never on the thread count,
+//! so results are bit-identical on any number of threads. Products too small to pay for a task run on the
+//! calling thread without touching rayon. The split follows the longer side of C because
+//! `matrixmultiply` packs the operand that is not split once per block: a row split re-packs B in every
+//! block, a column split re-packs A, and the longer side gives the cheaper re-pack.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
 
 use super::Float;
+
+/// Below this many flops (2·m·n·k) a block is not worth a rayon task (~0.03 ms of one core).
+const MIN_TASK_FLOPS: usize = 4 << 20;
+/// At most this many blocks per product: two per core on this 2-core machine, so a core slowed by other
+/// work can hand a block to the other, while the shared operand is re-packed only a few times.
+const MAX_BLOCKS: usize = 4;
+/// Block edges fall on multiples of this, so blocks hold whole micro-kernel tiles.
+const BLOCK_ALIGN: usize = 32;
 
 /// One operand: a row-major buffer and whether to read it transposed.
 #[derive(Clone, Copy)]
@@ -16,11 +37,13 @@ pub struct MatRef<'a, T> {
 }
 
 impl<'a, T: Float> MatRef<'a, T> {
+    /// A row-major `rows`×`cols` matrix over `data` (panics if the length disagrees).
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "MatRef: buffer of {} for {rows}x{cols}", data.len());
         MatRef { data, rows, cols, transposed: false }
     }
 
+    /// The same buffer read transposed (strides swapped, nothing copied).
     pub fn t(self) -> Self {
         MatRef { transposed: !self.transposed, ..self }
     }
@@ -42,9 +65,31 @@ impl<'a, T: Float> MatRef<'a, T> {
             (self.cols as isize, 1)
         }
     }
+
+    /// Pointer to logical element (row, col); in bounds for row < rows and col < cols (logical).
+    fn ptr_at(&self, row: usize, col: usize) -> *const T {
+        let (rs, cs) = self.strides();
+        self.data.as_ptr().wrapping_offset(row as isize * rs + col as isize * cs)
+    }
 }
 
-/// `c = a·b`, or `c += a·b` when `accumulate`; `c` is row-major m×n.
+/// A raw pointer that rayon tasks may share; each task writes a disjoint block through it.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+// SAFETY: the pointer is only dereferenced by `block_product`, whose callers give every task a disjoint
+// block of C, so no element is written by two threads and none is read while another thread writes it.
+unsafe impl<T: Send> Send for SharedOut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `c = a·b`, or `c += a·b` when `accumulate`; `c` is row-major m×n. Runs on several threads when the
+/// product is large enough; the result does not depend on the number of threads.
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
     let (m, k) = a.dims();
     let (k2, n) = b.dims();
@@ -58,28 +103,106 @@ pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool)
         c.iter_mut().for_each(|x| *x *= beta);
         return;
     }
-    // SAFETY: MatRef::new checked each buffer holds rows*cols elements and the strides address exactly
-    // that range; `c` is a distinct &mut slice of m*n elements, so it cannot alias `a` or `b`.
+    let split_rows = m >= n;
+    let blocks = blocks_along(if split_rows { m } else { n }, 2 * m * n * k);
+    let out = SharedOut(c.as_mut_ptr());
+    let run = |block: Range<usize>| {
+        let (rows, cols) = if split_rows { (block, 0..n) } else { (0..m, block) };
+        // SAFETY: `rows` and `cols` lie inside m×n (from `blocks_along`), the blocks are disjoint, and `c`
+        // is an exclusive borrow of m*n elements distinct from `a` and `b`.
+        unsafe { block_product(a, b, rows, cols, out.get(), n, beta) }
+    };
+    if blocks.len() == 1 {
+        run(blocks[0].clone());
+    } else {
+        blocks.into_par_iter().for_each(run);
+    }
+}
+
+/// Cuts `0..len` into aligned, nearly equal ranges, as many as the work pays for (at most [`MAX_BLOCKS`]).
+fn blocks_along(len: usize, flops: usize) -> Vec<Range<usize>> {
+    let by_work = flops / MIN_TASK_FLOPS;
+    let by_size = len.div_ceil(BLOCK_ALIGN);
+    let wanted = MAX_BLOCKS.min(by_work).min(by_size).max(1);
+    let step = len.div_ceil(wanted).next_multiple_of(BLOCK_ALIGN).min(len);
+    (0..len).step_by(step).map(|start| start..(start + step).min(len)).collect()
+}
+
+/// `C[rows, cols] = A[rows, :]·B[:, cols] + beta·C[rows, cols]` on one thread.
+///
+/// # Safety
+/// `rows` ⊆ 0..m and `cols` ⊆ 0..n for `a`: m×k, `b`: k×n; `c` points to a row-major m×n buffer with row
+/// stride `ldc` = n that does not alias `a` or `b`, and no other thread touches this block meanwhile.
+unsafe fn block_product<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    c: *mut T,
+    ldc: usize,
+    beta: T,
+) {
+    let (_, k) = a.dims();
+    let c_block = c.wrapping_add(rows.start * ldc + cols.start);
+    // SAFETY: offsets stay inside each buffer by the caller's contract on `rows` and `cols`; strides are
+    // those of the full matrices, so the sub-blocks address only their own elements.
     unsafe {
         T::gemm_raw(
-            m,
+            rows.len(),
             k,
-            n,
+            cols.len(),
             T::ONE,
-            a.data.as_ptr(),
+            a.ptr_at(rows.start, 0),
             a.strides(),
-            b.data.as_ptr(),
+            b.ptr_at(0, cols.start),
             b.strides(),
             beta,
-            c.as_mut_ptr(),
-            (n as isize, 1),
+            c_block,
+            (ldc as isize, 1),
         );
     }
+}
+
+/// Entry `i` of a stack of `batch` equal matrices stored one after another in `m.data`.
+fn batch_entry<T: Float>(m: MatRef<'_, T>, batch: usize, i: usize) -> MatRef<'_, T> {
+    assert_eq!(m.rows % batch, 0, "gemm_batched: {} stored rows do not split into {batch} entries", m.rows);
+    let rows = m.rows / batch;
+    let size = rows * m.cols;
+    MatRef { data: &m.data[i * size..(i + 1) * size], rows, cols: m.cols, transposed: m.transposed }
+}
+
+/// `batch` independent products `c[i] = a[i]·b[i]` (or `+=`), for `[B, m, k]·[B, k, n] → [B, m, n]`.
+///
+/// `a` and `b` describe the whole stacks: `MatRef::new(data, batch * rows, cols)`, with `.t()` meaning
+/// "each entry read transposed". When one entry is too small to be worth splitting, groups of entries run
+/// as rayon tasks; otherwise entries run in order and each [`gemm`] splits itself. Either way each entry
+/// is one single-threaded product per block, so results do not depend on the thread count.
+pub fn gemm_batched<T: Float>(batch: usize, a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    if batch == 0 {
+        return;
+    }
+    let (m, k) = batch_entry(a, batch, 0).dims();
+    let (_, n) = batch_entry(b, batch, 0).dims();
+    assert_eq!(c.len(), batch * m * n, "gemm_batched: output of {} for {batch}x{m}x{n}", c.len());
+    let one =
+        |i: usize, c_entry: &mut [T]| gemm(batch_entry(a, batch, i), batch_entry(b, batch, i), c_entry, accumulate);
+    let entry_flops = (2 * m * n * k).max(1);
+    let per_task = MIN_TASK_FLOPS.div_ceil(entry_flops).max(1);
+    if m * n == 0 || entry_flops >= MIN_TASK_FLOPS || per_task >= batch {
+        c.chunks_mut((m * n).max(1)).enumerate().for_each(|(i, ce)| one(i, ce));
+        return;
+    }
+    c.par_chunks_mut(per_task * m * n).enumerate().for_each(|(task, group)| {
+        for (j, c_entry) in group.chunks_mut(m * n).enumerate() {
+            one(task * per_task + j, c_entry);
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
     fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
@@ -95,11 +218,15 @@ mod tests {
         (0..cols).flat_map(|j| (0..rows).map(move |i| x[i * cols + j])).collect()
     }
 
-    #[test]
-    fn transposed_operands_match_naive() {
-        let (m, k, n) = (5, 7, 3);
-        let a: Vec<f64> = (0..m * k).map(|i| (i as f64).sin()).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| (i as f64).cos()).collect();
+    fn random(len: usize, seed: u64) -> Vec<f64> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.normal()).collect()
+    }
+
+    /// All four transpose combinations of `c = 1 + a·b` against the naive product.
+    fn check_shape(m: usize, k: usize, n: usize) {
+        let a = random(m * k, 1);
+        let b = random(k * n, 2);
         let want = naive(&a, &b, m, k, n);
         let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -108,7 +235,93 @@ mod tests {
             let mut c = vec![1.0; m * n];
             gemm(am, bm, &mut c, true);
             for (got, w) in c.iter().zip(&want) {
-                assert!((got - (w + 1.0)).abs() < 1e-12);
+                assert!((got - (w + 1.0)).abs() < 1e-10 * (1.0 + k as f64), "{m}x{k}x{n} ta={ta} tb={tb}");
+            }
+        }
+    }
+
+    #[test]
+    fn odd_shapes_and_transposes_match_naive() {
+        for &(m, k, n) in &[(5, 7, 3), (1, 1, 1), (1, 33, 130), (130, 7, 1), (33, 130, 7), (130, 130, 33)] {
+            check_shape(m, k, n);
+        }
+    }
+
+    #[test]
+    fn split_products_match_naive() {
+        // Large enough to be cut into blocks along rows (m ≥ n) and along columns (n > m).
+        check_shape(401, 129, 297);
+        check_shape(297, 129, 401);
+        assert!(blocks_along(401, 2 * 401 * 129 * 297).len() > 1);
+    }
+
+    #[test]
+    fn blocks_cover_exactly_once() {
+        for len in [1, 31, 32, 33, 100, 1000, 4097] {
+            for flops in [0, MIN_TASK_FLOPS, 100 * MIN_TASK_FLOPS] {
+                let blocks = blocks_along(len, flops);
+                assert!(blocks.len() <= MAX_BLOCKS);
+                assert_eq!(blocks[0].start, 0);
+                assert_eq!(blocks.last().unwrap().end, len);
+                assert!(blocks.windows(2).all(|w| w[0].end == w[1].start && w[0].start < w[0].end));
+            }
+        }
+    }
+
+    #[test]
+    fn overwrite_ignores_old_contents() {
+        let a = random(6, 3);
+        let b = random(6, 4);
+        let mut c = vec![f64::NAN; 4];
+        gemm(MatRef::new(&a, 2, 3), MatRef::new(&b, 3, 2), &mut c, false);
+        assert_eq!(c, naive(&a, &b, 2, 3, 2));
+    }
+
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+
+    #[test]
+    fn bit_identical_on_one_and_two_threads() {
+        for &(m, k, n) in &[(300, 200, 150), (64, 300, 400)] {
+            let a: Vec<f32> = random(m * k, 5).iter().map(|&x| x as f32).collect();
+            let b: Vec<f32> = random(k * n, 6).iter().map(|&x| x as f32).collect();
+            let product = || {
+                let mut c = vec![0.0f32; m * n];
+                gemm(MatRef::new(&a, m, k), MatRef::new(&b, k, n), &mut c, false);
+                c
+            };
+            let one = on_threads(1, product);
+            let two = on_threads(2, product);
+            assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    #[test]
+    fn batched_matches_per_entry_and_threads() {
+        for &(batch, m, k, n) in &[(3, 5, 7, 3), (40, 33, 17, 9), (2, 130, 130, 70)] {
+            let a = random(batch * m * k, 7);
+            let b = random(batch * n * k, 8);
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta { MatRef::new(&a, batch * k, m).t() } else { MatRef::new(&a, batch * m, k) };
+                let bm = if tb { MatRef::new(&b, batch * n, k).t() } else { MatRef::new(&b, batch * k, n) };
+                let run = || {
+                    let mut c = vec![0.0; batch * m * n];
+                    gemm_batched(batch, am, bm, &mut c, false);
+                    c
+                };
+                let (one, two) = (on_threads(1, run), on_threads(2, run));
+                assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()));
+                for i in 0..batch {
+                    let ea = batch_entry(am, batch, i);
+                    let eb = batch_entry(bm, batch, i);
+                    let dense_a = if ta { transpose(ea.data, k, m) } else { ea.data.to_vec() };
+                    let dense_b = if tb { transpose(eb.data, n, k) } else { eb.data.to_vec() };
+                    let want = naive(&dense_a, &dense_b, m, k, n);
+                    for (got, w) in one[i * m * n..(i + 1) * m * n].iter().zip(&want) {
+                        assert!((got - w).abs() < 1e-10 * (1.0 + k as f64));
+                    }
+                }
             }
         }
     }

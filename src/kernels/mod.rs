@@ -1,11 +1,18 @@
 //! Floor 0: loops over plain slices, with no knowledge of tensors or the tape.
 //!
 //! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices; `vector` holds the
-//! elementwise, reduction and softmax-row loops.
+//! elementwise, reduction and softmax-row loops; `topk` selects the best entries of rows; `row_groups`
+//! groups sparse table reads by row; `peer` runs the fused PEER expert loops.
 
 pub mod float;
 pub mod gemm;
+pub mod peer;
+pub mod row_groups;
+pub mod topk;
 pub mod vector;
 
 pub use float::{Float, SimdVec};
-pub use gemm::{gemm, MatRef};
+pub use gemm::{gemm, gemm_batched, MatRef};
+pub use peer::ExpertActivation;
+pub use row_groups::RowGroups;
+pub use topk::topk_rows;

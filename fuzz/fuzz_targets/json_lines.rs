@@ -1,0 +1,16 @@
+//! The C4 reader on arbitrary bytes, read as plain JSON lines and as a gzip stream, strict and skipping.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use peerlm::data::c4::{open_stream, JsonLines};
+
+fuzz_target!(|data: &[u8]| {
+    for gzip in [false, true] {
+        for skip_bad_lines in [false, true] {
+            let lines = JsonLines::new(open_stream(data, gzip), "<fuzz>", skip_bad_lines);
+            for document in lines.take(100_000) {
+                assert!(!skip_bad_lines || document.is_ok(), "skip mode returned an error");
+            }
+        }
+    }
+});

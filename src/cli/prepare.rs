@@ -1,0 +1,301 @@
+//! `peerlm prepare`: C4 shards → `tokenizer.bpe` + `train_000.bin`... + `valid_000.bin`...
+//!
+//! Two streaming passes over the training input. Pass 1 reads documents until `--train-sample-bytes` of
+//! text and trains the tokenizer on them. Pass 2 reads everything again, encodes it in parallel a batch of
+//! documents at a time, and writes shards of at most `--shard-tokens` tokens. Held-out documents come from
+//! `--valid` files or are the last `--valid-docs` documents of the input (kept back by a queue of that
+//! length, in both passes, so the tokenizer never sees them either). Memory holds the tokenizer sample,
+//! one batch and the held-out queue, never the whole input.
+
+use std::collections::VecDeque;
+use std::error::Error;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
+use peerlm::data::c4::DocumentReader;
+use peerlm::data::shard::ShardWriter;
+use peerlm::data::{tokenizer_file, DataError, Tokenizer};
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// C4 files (*.json.gz, *.jsonl, *.json) or directories of them, read in the order given.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Vocabulary size: 256 byte tokens + merges + 1 end-of-text (257..=65536).
+    #[arg(long)]
+    vocab: usize,
+    /// Held-out files, encoded into valid_*.bin.
+    #[arg(long, num_args = 1.., conflicts_with = "valid_docs")]
+    valid: Vec<PathBuf>,
+    /// Hold out the last N documents of the input instead of reading --valid files.
+    #[arg(long)]
+    valid_docs: Option<usize>,
+    /// Count malformed lines and go on, instead of stopping at the first one.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Bytes of text the tokenizer is trained on (the first documents of the input).
+    #[arg(long, default_value_t = 256 << 20)]
+    train_sample_bytes: u64,
+    /// Tokens per shard at most; larger outputs are split into train_000.bin, train_001.bin, ...
+    #[arg(long, default_value_t = 100_000_000)]
+    shard_tokens: u64,
+}
+
+impl PrepareArgs {
+    /// The defaults of the command line for `input` files held out against `valid` files.
+    pub fn new(input: Vec<PathBuf>, valid: Vec<PathBuf>, out: PathBuf, vocab: usize) -> Self {
+        PrepareArgs {
+            input,
+            out,
+            vocab,
+            valid,
+            valid_docs: None,
+            skip_bad_lines: false,
+            train_sample_bytes: 256 << 20,
+            shard_tokens: 100_000_000,
+        }
+    }
+}
+
+/// Text encoded per parallel batch in pass 2.
+const BATCH_BYTES: usize = 8 << 20;
+
+pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
+    if args.valid.is_empty() && args.valid_docs.is_none() {
+        return Err("give held-out data: --valid <files> or --valid-docs <N>".into());
+    }
+    if !(MIN_VOCAB..=MAX_VOCAB).contains(&args.vocab) {
+        return Err(format!(
+            "--vocab {} is not in {MIN_VOCAB}..={MAX_VOCAB} (256 bytes + merges + end-of-text)",
+            args.vocab
+        )
+        .into());
+    }
+    if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as u64 {
+        return Err(format!("--shard-tokens {} is not in 1..={}", args.shard_tokens, i32::MAX).into());
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| DataError::io(args.out.display(), e))?;
+    let started = Instant::now();
+    let hold_back = args.valid_docs.unwrap_or(0);
+    let threads = rayon::current_num_threads();
+
+    let (sample, sample_bytes) = read_tokenizer_sample(args, hold_back)?;
+    let training = Instant::now();
+    let tokenizer = Tokenizer::train(&sample, args.vocab)?;
+    drop(sample);
+    tokenizer_file::save(&tokenizer, &args.out.join("tokenizer.bpe"))?;
+    println!(
+        "tokenizer: vocab {} = 256 bytes + {} merges + <|endoftext|> (id {}), trained on {:.1} MB in {:.1} s{}",
+        tokenizer.vocab_size(),
+        tokenizer.merges().len(),
+        tokenizer.end_of_text(),
+        sample_bytes as f64 / 1e6,
+        training.elapsed().as_secs_f64(),
+        if tokenizer.vocab_size() < args.vocab { " (the sample ran out of pairs to merge)" } else { "" }
+    );
+
+    let mut train = ShardSet::new(&args.out, "train", tokenizer.vocab_size() as u32, args.shard_tokens);
+    let mut reader = DocumentReader::open(&args.input, args.skip_bad_lines)?;
+    let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut progress = Progress::new("encoding train");
+    for document in reader.by_ref() {
+        held.push_back(document?.text);
+        if held.len() > hold_back {
+            let text = held.pop_front().expect("queue is longer than hold_back");
+            batch_bytes += text.len();
+            batch.push(text);
+            if batch_bytes >= BATCH_BYTES {
+                train.add_documents(&tokenizer, &batch)?;
+                progress.show(train.stats.documents, train.stats.bytes);
+                batch.clear();
+                batch_bytes = 0;
+            }
+        }
+    }
+    train.add_documents(&tokenizer, &batch)?;
+    progress.done();
+    let train_skipped = reader.skipped_lines();
+    if train.stats.documents == 0 {
+        return Err(format!(
+            "no training documents left (the input has {} and --valid-docs holds back {hold_back})",
+            held.len()
+        )
+        .into());
+    }
+    let train_stats = train.finish()?;
+
+    let mut valid = ShardSet::new(&args.out, "valid", tokenizer.vocab_size() as u32, args.shard_tokens);
+    let mut valid_skipped = 0;
+    if args.valid.is_empty() {
+        valid.add_documents(&tokenizer, held.make_contiguous())?;
+    } else {
+        let mut reader = DocumentReader::open(&args.valid, args.skip_bad_lines)?;
+        let mut batch = Vec::new();
+        for document in reader.by_ref() {
+            batch.push(document?.text);
+            if batch.len() >= 4096 {
+                valid.add_documents(&tokenizer, &batch)?;
+                batch.clear();
+            }
+        }
+        valid.add_documents(&tokenizer, &batch)?;
+        valid_skipped = reader.skipped_lines();
+    }
+    let valid_stats = valid.finish()?;
+
+    train_stats.print("train");
+    valid_stats.print("valid");
+    if args.skip_bad_lines {
+        println!("skipped bad lines: {train_skipped} in the input, {valid_skipped} in --valid files");
+    }
+    println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
+    Ok(())
+}
+
+/// Pass 1: the texts of the first documents (minus the held-out tail) up to the sample size.
+fn read_tokenizer_sample(args: &PrepareArgs, hold_back: usize) -> Result<(Vec<String>, u64), DataError> {
+    let mut reader = DocumentReader::open(&args.input, args.skip_bad_lines)?;
+    let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
+    let mut sample = Vec::new();
+    let mut sample_bytes = 0u64;
+    let mut progress = Progress::new("reading tokenizer sample");
+    for document in reader.by_ref() {
+        held.push_back(document?.text);
+        if held.len() > hold_back {
+            let text = held.pop_front().expect("queue is longer than hold_back");
+            sample_bytes += text.len() as u64;
+            sample.push(text);
+            progress.show(sample.len() as u64, sample_bytes);
+            if sample_bytes >= args.train_sample_bytes {
+                break;
+            }
+        }
+    }
+    progress.done();
+    Ok((sample, sample_bytes))
+}
+
+/// Counts for the summary.
+#[derive(Default)]
+struct Stats {
+    documents: u64,
+    bytes: u64,
+    tokens: u64,
+    shards: Vec<PathBuf>,
+}
+
+impl Stats {
+    fn print(&self, split: &str) {
+        let names: Vec<String> =
+            self.shards.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        println!(
+            "{split}: {} documents, {} bytes, {} tokens, {:.3} bytes/token -> {}",
+            self.documents,
+            self.bytes,
+            self.tokens,
+            self.bytes as f64 / self.tokens.max(1) as f64,
+            names.join(", ")
+        );
+    }
+}
+
+/// `<split>_000.bin`, `<split>_001.bin`, ...: a new shard whenever one reaches `shard_tokens`.
+struct ShardSet {
+    dir: PathBuf,
+    split: &'static str,
+    vocab_size: u32,
+    shard_tokens: u64,
+    current: Option<ShardWriter>,
+    stats: Stats,
+}
+
+impl ShardSet {
+    fn new(dir: &Path, split: &'static str, vocab_size: u32, shard_tokens: u64) -> Self {
+        ShardSet { dir: dir.to_path_buf(), split, vocab_size, shard_tokens, current: None, stats: Stats::default() }
+    }
+
+    fn add_documents(&mut self, tokenizer: &Tokenizer, documents: &[String]) -> Result<(), DataError> {
+        let tokens = tokenizer.encode_documents(documents);
+        self.stats.documents += documents.len() as u64;
+        self.stats.bytes += documents.iter().map(|d| d.len() as u64).sum::<u64>();
+        self.stats.tokens += tokens.len() as u64;
+        let mut rest = tokens.as_slice();
+        while !rest.is_empty() {
+            if self.current.is_none() {
+                let writer = self.new_shard()?;
+                self.current = Some(writer);
+            }
+            let writer = self.current.as_mut().expect("a shard is open");
+            let room = (self.shard_tokens - writer.len()) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            writer.write(now)?;
+            rest = later;
+            if writer.len() == self.shard_tokens {
+                self.current.take().expect("a shard is open").finish()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn new_shard(&mut self) -> Result<ShardWriter, DataError> {
+        let path = self.dir.join(format!("{}_{:03}.bin", self.split, self.stats.shards.len()));
+        let writer = ShardWriter::create(&path, self.vocab_size)?;
+        self.stats.shards.push(path);
+        Ok(writer)
+    }
+
+    /// Finish the open shard; with no tokens at all, still write an empty `<split>_000.bin`.
+    fn finish(mut self) -> Result<Stats, DataError> {
+        if self.current.is_none() && self.stats.shards.is_empty() {
+            self.current = Some(self.new_shard()?);
+        }
+        if let Some(writer) = self.current.take() {
+            writer.finish()?;
+        }
+        Ok(self.stats)
+    }
+}
+
+/// A one-line progress report on stderr, rewritten in place (`\r`) at most four times a second, and only
+/// when stderr is a terminal.
+struct Progress {
+    label: &'static str,
+    started: Instant,
+    last_shown: Option<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(label: &'static str) -> Self {
+        Progress { label, started: Instant::now(), last_shown: None, enabled: std::io::stderr().is_terminal() }
+    }
+
+    fn show(&mut self, documents: u64, bytes: u64) {
+        if !self.enabled || self.last_shown.is_some_and(|t| t.elapsed().as_millis() < 250) {
+            return;
+        }
+        self.last_shown = Some(Instant::now());
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r{}: {documents} documents, {:.1} MB, {:.1} MB/s   ",
+            self.label,
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / seconds
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn done(&self) {
+        if self.enabled && self.last_shown.is_some() {
+            eprintln!();
+        }
+    }
+}

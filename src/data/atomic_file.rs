@@ -1,0 +1,85 @@
+//! Write a file so that readers see either nothing or the whole finished file: write to a temporary name
+//! beside it, fsync, then rename over the final name (rename is atomic within a directory on POSIX).
+//! A crash half-way through `prepare` therefore never leaves a truncated shard that looks valid.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::{DataError, Result};
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+pub struct AtomicFile {
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    /// `None` once committed; a file dropped before `commit` (an error half-way) removes its temporary.
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file_name =
+            path.file_name().ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
+        let mut temp_name = file_name.to_os_string();
+        // Unique per process and per writer, so concurrent writers of one name never share a temporary.
+        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+        temp_name.push(format!(".tmp{}-{serial}", std::process::id()));
+        let temp_path = path.with_file_name(temp_name);
+        let file = File::create(&temp_path).map_err(|e| DataError::io(temp_path.display(), e))?;
+        Ok(AtomicFile {
+            final_path: path.to_path_buf(),
+            temp_path,
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut BufWriter<File> {
+        self.writer.as_mut().expect("AtomicFile used after commit")
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let temp = &self.temp_path;
+        self.writer
+            .as_mut()
+            .expect("AtomicFile used after commit")
+            .write_all(bytes)
+            .map_err(|e| DataError::io(temp.display(), e))
+    }
+
+    /// Overwrite bytes at `offset` (used to fill in a header once the contents are known).
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let temp = self.temp_path.display().to_string();
+        let writer = self.writer();
+        writer.seek(SeekFrom::Start(offset)).map_err(|e| DataError::io(&temp, e))?;
+        writer.write_all(bytes).map_err(|e| DataError::io(&temp, e))?;
+        writer.seek(SeekFrom::End(0)).map_err(|e| DataError::io(&temp, e))?;
+        Ok(())
+    }
+
+    /// Flush, fsync, and rename into place; then fsync the directory so the rename itself is durable.
+    pub fn commit(mut self) -> Result<()> {
+        let temp = self.temp_path.display().to_string();
+        let writer = self.writer.take().expect("AtomicFile committed twice");
+        let file = writer.into_inner().map_err(|e| DataError::io(&temp, e.into_error()))?;
+        file.sync_all().map_err(|e| DataError::io(&temp, e))?;
+        drop(file);
+        fs::rename(&self.temp_path, &self.final_path).map_err(|e| DataError::io(self.final_path.display(), e))?;
+        if let Some(dir) = self.final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(dir_handle) = File::open(dir) {
+                // Best effort: some filesystems refuse fsync on a directory handle.
+                let _ = dir_handle.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Top-k selection along rows, by partial selection rather than a full sort.
+//!
+//! PEER (He 2024, §2) and product-key memories (Lample et al. 2019) keep the k best of n scores per query,
+//! with k ≪ n. Sorting all n would cost O(n log n); instead a [`TopKBuffer`] keeps the k best seen so far,
+//! sorted, and an element that does not beat the worst kept one is skipped after a single comparison.
+//! On random data almost every element is skipped once the buffer has filled, so a row costs O(n)
+//! typically (O(n·k) in the worst case, for increasing data).
+//!
+//! **Ranking rule** (deterministic, shared by every caller and by the brute-force tests):
+//! - a larger value ranks first;
+//! - equal values: the lower index ranks first;
+//! - NaN ranks below every number (even −∞); NaNs among themselves by lower index.
+
+use rayon::prelude::*;
+
+use super::Float;
+
+/// Whether `x` is NaN, without relying on a `Float::is_nan` (NaN is the only value unequal to itself).
+#[inline(always)]
+fn is_nan<T: Float>(x: T) -> bool {
+    x.partial_cmp(&x).is_none()
+}
+
+/// Whether `(value, index)` `a` ranks strictly before `b` under the module's ranking rule.
+#[inline(always)]
+pub fn ranks_before<T: Float>(a: (T, u32), b: (T, u32)) -> bool {
+    match (is_nan(a.0), is_nan(b.0)) {
+        (false, true) => true,
+        (true, false) => false,
+        (true, true) => a.1 < b.1,
+        (false, false) => a.0 > b.0 || (a.0 == b.0 && a.1 < b.1),
+    }
+}
+
+/// The `k` best `(value, index)` pairs offered so far, best first.
+#[derive(Clone, Debug)]
+pub struct TopKBuffer<T> {
+    k: usize,
+    items: Vec<(T, u32)>,
+}
+
+impl<T: Float> TopKBuffer<T> {
+    pub fn new(k: usize) -> Self {
+        TopKBuffer { k, items: Vec::with_capacity(k + 1) }
+    }
+
+    /// Empties the buffer for the next row, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Whether `k` pairs are held: from then on only a pair beating [`TopKBuffer::worst`] gets in.
+    pub fn is_full(&self) -> bool {
+        self.items.len() == self.k
+    }
+
+    /// The lowest-ranked pair kept, if any.
+    pub fn worst(&self) -> Option<(T, u32)> {
+        self.items.last().copied()
+    }
+
+    /// Offers one pair; it is kept if it ranks among the best `k` so far.
+    #[inline]
+    pub fn offer(&mut self, value: T, index: u32) {
+        let item = (value, index);
+        if self.is_full() && !self.items.last().is_some_and(|&worst| ranks_before(item, worst)) {
+            return; // the common case once full: one comparison and out
+        }
+        // Insertion into the sorted buffer, scanning from its worst end (k is small).
+        let mut pos = self.items.len();
+        while pos > 0 && ranks_before(item, self.items[pos - 1]) {
+            pos -= 1;
+        }
+        self.items.insert(pos, item);
+        self.items.truncate(self.k);
+    }
+
+    /// The kept pairs, best first.
+    pub fn items(&self) -> &[(T, u32)] {
+        &self.items
+    }
+}
+
+/// Writes the top `k` of `row` (values and indices within the row, best first) into `values`/`indices`.
+pub fn topk_row_into<T: Float>(row: &[T], buffer: &mut TopKBuffer<T>, values: &mut [T], indices: &mut [u32]) {
+    buffer.clear();
+    for (i, &x) in row.iter().enumerate() {
+        buffer.offer(x, i as u32);
+    }
+    for ((v, ix), &(value, index)) in values.iter_mut().zip(indices.iter_mut()).zip(buffer.items()) {
+        *v = value;
+        *ix = index;
+    }
+}
+
+/// Top `k` of every row of `values` (rows of `row_len`), best first, by the module's ranking rule.
+/// Returns `rows·k` values and their indices within their row. Rows run in parallel; each row's result
+/// depends only on that row, so the output does not depend on the thread count.
+pub fn topk_rows<T: Float>(values: &[T], row_len: usize, k: usize) -> (Vec<T>, Vec<u32>) {
+    assert!(row_len > 0, "topk_rows: rows of length 0");
+    assert_eq!(values.len() % row_len, 0, "topk_rows: {} values are not rows of {row_len}", values.len());
+    assert!(k <= row_len, "topk_rows: k = {k} exceeds the row length {row_len}");
+    assert!(row_len <= u32::MAX as usize, "topk_rows: row length {row_len} does not fit u32 indices");
+    let rows = values.len() / row_len;
+    let mut top_values = vec![T::ZERO; rows * k];
+    let mut top_indices = vec![0u32; rows * k];
+    if k == 0 {
+        return (top_values, top_indices);
+    }
+    values
+        .par_chunks(row_len)
+        .zip(top_values.par_chunks_mut(k))
+        .zip(top_indices.par_chunks_mut(k))
+        .for_each_init(|| TopKBuffer::new(k), |buffer, ((row, vals), ids)| topk_row_into(row, buffer, vals, ids));
+    (top_values, top_indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference: a full sort under the same ranking rule.
+    fn by_sorting(row: &[f64], k: usize) -> Vec<(f64, u32)> {
+        let mut all: Vec<(f64, u32)> = row.iter().enumerate().map(|(i, &x)| (x, i as u32)).collect();
+        all.sort_by(|&a, &b| if ranks_before(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn ties_rank_lower_index_first() {
+        let (vals, ids) = topk_rows(&[1.0, 3.0, 3.0, 2.0, 3.0], 5, 3);
+        assert_eq!(vals, vec![3.0, 3.0, 3.0]);
+        assert_eq!(ids, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn nan_ranks_below_negative_infinity() {
+        let row = [f64::NAN, f64::NEG_INFINITY, 0.5, f64::NAN, -1.0];
+        let (vals, ids) = topk_rows(&row, 5, 5);
+        assert_eq!(ids, vec![2, 4, 1, 0, 3]);
+        assert_eq!(&vals[..3], &[0.5, -1.0, f64::NEG_INFINITY]);
+        assert!(vals[3].is_nan() && vals[4].is_nan());
+    }
+
+    #[test]
+    fn matches_sorting_on_rows_with_repeats() {
+        let row: Vec<f64> = (0..97).map(|i| ((i * 37) % 11) as f64 - 5.0).collect();
+        for k in [0, 1, 5, 11, 97] {
+            let (vals, ids) = topk_rows(&row, 97, k);
+            let got: Vec<(f64, u32)> = vals.into_iter().zip(ids).collect();
+            assert_eq!(got, by_sorting(&row, k), "k = {k}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds the row length")]
+    fn k_larger_than_row_panics() {
+        topk_rows(&[1.0f32, 2.0], 2, 3);
+    }
+}

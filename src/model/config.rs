@@ -1,0 +1,168 @@
+//! Model configuration: the decoder's shape and which feed-forward layer each block uses.
+//!
+//! A config is a JSON file (see `configs/`); every field has a documented default, so a file names only
+//! what it changes. [`ModelConfig::validate`] refuses an impossible config with a message naming the
+//! field, before any memory is allocated.
+//!
+//! The paper's PEER models replace the feed-forward layer of the middle block only (He 2024, §3); that
+//! is the default here when `ffw` is a retrieval layer and `ffw_blocks` is not given.
+
+use crate::kernels::peer::ExpertActivation;
+use crate::nn::ffw::DenseFfwConfig;
+use crate::nn::moe::{MoeConfig, Routing};
+use crate::nn::peer::{PeerConfig, Router};
+use crate::nn::pkm::PkmConfig;
+
+/// The feed-forward layer of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
+pub enum FfwKind {
+    Dense,
+    Moe,
+    Pkm,
+    Peer,
+}
+
+/// How positions enter the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
+pub enum Positions {
+    /// A learned `[seq_len, d_model]` table added to the token embeddings (GPT-2).
+    Learned,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize), serde(deny_unknown_fields, default))]
+pub struct ModelConfig {
+    /// Tokens in the vocabulary, including the end-of-text token (default 4096).
+    pub vocab_size: usize,
+    /// Longest context in tokens (default 256).
+    pub seq_len: usize,
+    /// Width of the residual stream (default 256).
+    pub d_model: usize,
+    /// Transformer blocks (default 4).
+    pub n_layers: usize,
+    /// Attention heads; must divide `d_model` (default 4).
+    pub n_heads: usize,
+    /// Use the token embedding as the output head (default true).
+    pub tie_embeddings: bool,
+    /// Position encoding (default learned).
+    pub positions: Positions,
+    /// Layer-norm epsilon (default 1e-5).
+    pub norm_eps: f64,
+    /// The feed-forward layer of the blocks listed in `ffw_blocks` (default dense); other blocks are dense.
+    pub ffw: FfwKind,
+    /// Which blocks use `ffw` (default: all for dense, the middle block `n_layers / 2` otherwise).
+    pub ffw_blocks: Option<Vec<usize>>,
+    /// Settings of each layer kind; `d_model` inside them is taken from the model.
+    pub dense: DenseFfwConfig,
+    pub moe: MoeConfig,
+    pub pkm: PkmConfig,
+    pub peer: PeerConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let d_model = 256;
+        ModelConfig {
+            vocab_size: 4096,
+            seq_len: 256,
+            d_model,
+            n_layers: 4,
+            n_heads: 4,
+            tie_embeddings: true,
+            positions: Positions::Learned,
+            norm_eps: 1e-5,
+            ffw: FfwKind::Dense,
+            ffw_blocks: None,
+            dense: DenseFfwConfig { d_model, d_ff: 4 * d_model },
+            moe: MoeConfig {
+                d_model,
+                num_experts: 8,
+                d_expert: 4 * d_model,
+                top_k: 2,
+                routing: Routing::TokenChoice,
+                capacity_factor: 1.0,
+                aux_loss_weight: 0.01,
+            },
+            pkm: PkmConfig { d_model, num_keys: 512, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
+            peer: PeerConfig {
+                d_model,
+                num_experts: 512 * 512,
+                heads: 8,
+                top_k: 16,
+                key_dim: 256,
+                query_batch_norm: true,
+                router: Router::Softmax,
+                activation: ExpertActivation::Gelu,
+            },
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The feed-forward kind of block `block`.
+    pub fn ffw_of(&self, block: usize) -> FfwKind {
+        let chosen = match &self.ffw_blocks {
+            Some(blocks) => blocks.contains(&block),
+            None => self.ffw == FfwKind::Dense || block == self.n_layers / 2,
+        };
+        if chosen {
+            self.ffw
+        } else {
+            FfwKind::Dense
+        }
+    }
+
+    /// Copies `d_model` into the layer sections, so a config file states it once.
+    pub fn propagate_d_model(&mut self) {
+        self.dense.d_model = self.d_model;
+        self.moe.d_model = self.d_model;
+        self.pkm.d_model = self.d_model;
+        self.peer.d_model = self.d_model;
+    }
+
+    /// Checks that the config describes a model that can be built; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("seq_len", self.seq_len),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("{field}: must be at least 1"));
+            }
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return Err(format!("vocab_size: {} does not fit token ids of 32 bits", self.vocab_size));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return Err(format!("n_heads: {} does not divide d_model = {}", self.n_heads, self.d_model));
+        }
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
+            return Err(format!("norm_eps: {} must be positive", self.norm_eps));
+        }
+        if let Some(blocks) = &self.ffw_blocks {
+            if let Some(bad) = blocks.iter().find(|&&b| b >= self.n_layers) {
+                return Err(format!("ffw_blocks: block {bad} does not exist (n_layers = {})", self.n_layers));
+            }
+        }
+        let used = |kind| (0..self.n_layers).any(|b| self.ffw_of(b) == kind);
+        if used(FfwKind::Dense) {
+            self.dense.validate()?;
+        }
+        if used(FfwKind::Moe) {
+            self.moe.validate()?;
+        }
+        if used(FfwKind::Pkm) {
+            self.pkm.validate()?;
+        }
+        if used(FfwKind::Peer) {
+            self.peer.validate()?;
+        }
+        Ok(())
+    }
+}

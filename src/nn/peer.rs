@@ -1,0 +1,275 @@
+//! PEER, the parameter-efficient expert retrieval layer of He 2024 ("Mixture of A Million Experts", §2).
+//!
+//! A pool of N experts, each a single hidden neuron (§2, "Parameter Efficient Experts"): expert i is
+//! `e_i(x) = σ(u_iᵀ x) · v_i` with `u_i, v_i ∈ R^d`, stored as the rows of two tables U, V `[N, d]`. A token
+//! reaches its experts the way a product-key memory reaches its slots (Lample et al. 2019). For one head:
+//!
+//! 1. query: `q(x) = W_q x` (the query network, batch-normalised as in PKM);
+//! 2. retrieval (eq. 1): `I = T_k(q(x)ᵀ k_i)`, the k experts whose keys score highest. The keys are the
+//!    N = n² concatenations `k_(i,j) = [c_i ; c'_j]` of two sub-key tables C, C' `[n, key_dim/2]`
+//!    (§2, "Product Key Retrieval"), so `q·k_(i,j) = q₁·c_i + q₂·c'_j` and the top k are among the k×k
+//!    pairs of the top k of each half: O(n + k²) work, not O(N);
+//! 3. router (eq. 2): `g_i(x) = s(q(x)ᵀ k_i)` for i ∈ I, s = softmax over the k scores (or sigmoid);
+//! 4. mixture (eq. 3): `f(x) = Σ_{i∈I} g_i(x) · e_i(x)`.
+//!
+//! Multi-head retrieval (§2, "Multi-Head Retrieval"): h independent query networks share the sub-keys
+//! and the expert pool, and their outputs are summed, `f(x) = Σ_h f^h(x)`: effectively an MLP with h·k
+//! hidden neurons chosen per token from N. Here the h queries come from one linear map `d → h·key_dim`,
+//! and the sum over heads is a single weighted sum over the token's h·k experts, done by the fused
+//! [`ops::peer_experts`].
+//!
+//! Initialisation (the paper does not give one; chosen so activations keep unit scale): query weights
+//! N(0, 1/d) so that with a layer-normed input each query entry has unit variance; sub-keys uniform in
+//! ±1/√(key_dim/2) as in PKM; U ~ N(0, 1/d) so that `u_iᵀx` has unit variance; V ~ N(0, 1/(h·k)) so that the
+//! sum of the h·k expert outputs has O(1) entries; batch-norm gain 1, bias 0.
+
+use crate::kernels::Float;
+use crate::nn::bn_name;
+use crate::nn::ffw::positive;
+use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM};
+use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
+use crate::ops::{self, BatchNormStats, ExpertActivation};
+use crate::param::{Param, ParamKind};
+use crate::rng::Rng;
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+
+/// How the k retrieved scores of a head become gates, s in eq. 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "io", serde(rename_all = "snake_case"))]
+pub enum Router {
+    /// Softmax over the head's k scores (the paper's choice): the gates of a head sum to 1.
+    Softmax,
+    /// Each score through a sigmoid, independently.
+    Sigmoid,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "io", serde(deny_unknown_fields))]
+pub struct PeerConfig {
+    pub d_model: usize,
+    /// N, the experts in the pool; a perfect square n², n sub-keys per half.
+    pub num_experts: usize,
+    /// h, retrieval heads.
+    pub heads: usize,
+    /// k, experts per head (must not exceed √N).
+    pub top_k: usize,
+    /// Query width per head; even, split in two halves of key_dim/2.
+    pub key_dim: usize,
+    /// Batch-normalise the queries. Default true.
+    #[cfg_attr(feature = "io", serde(default = "crate::nn::pkm::default_true"))]
+    pub query_batch_norm: bool,
+    /// Default softmax.
+    #[cfg_attr(feature = "io", serde(default = "default_router"))]
+    pub router: Router,
+    /// σ of the experts, written `"gelu"` or `"relu"`. Default GELU.
+    #[cfg_attr(feature = "io", serde(default = "default_activation", with = "activation_name"))]
+    pub activation: ExpertActivation,
+}
+
+#[cfg(feature = "io")]
+fn default_router() -> Router {
+    Router::Softmax
+}
+
+#[cfg(feature = "io")]
+fn default_activation() -> ExpertActivation {
+    ExpertActivation::Gelu
+}
+
+/// `ExpertActivation` (an op-level enum without serde) as a lowercase name in config files.
+#[cfg(feature = "io")]
+mod activation_name {
+    use crate::ops::ExpertActivation;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(activation: &ExpertActivation, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match activation {
+            ExpertActivation::Gelu => "gelu",
+            ExpertActivation::Relu => "relu",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ExpertActivation, D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "gelu" => Ok(ExpertActivation::Gelu),
+            "relu" => Ok(ExpertActivation::Relu),
+            other => {
+                Err(serde::de::Error::custom(format!("unknown activation {other:?}, expected \"gelu\" or \"relu\"")))
+            }
+        }
+    }
+}
+
+impl PeerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        positive("peer.d_model", self.d_model)?;
+        positive("peer.num_experts", self.num_experts)?;
+        positive("peer.heads", self.heads)?;
+        positive("peer.top_k", self.top_k)?;
+        positive("peer.key_dim", self.key_dim)?;
+        if self.num_experts > u32::MAX as usize {
+            return Err(format!("peer.num_experts: {} does not fit in u32 ids", self.num_experts));
+        }
+        let n = self.num_sub_keys();
+        if n * n != self.num_experts {
+            return Err(format!("peer.num_experts: {} is not a perfect square", self.num_experts));
+        }
+        if self.key_dim % 2 != 0 {
+            return Err(format!("peer.key_dim: {} is odd; the query is split in two halves", self.key_dim));
+        }
+        if self.top_k > n {
+            return Err(format!("peer.top_k: {} exceeds √num_experts ({n})", self.top_k));
+        }
+        Ok(())
+    }
+
+    /// n = ⌊√N⌋, the sub-keys per half (exactly √N for a valid config).
+    pub fn num_sub_keys(&self) -> usize {
+        let mut n = (self.num_experts as f64).sqrt() as usize;
+        while n * n > self.num_experts {
+            n -= 1;
+        }
+        while (n + 1) * (n + 1) <= self.num_experts {
+            n += 1;
+        }
+        n
+    }
+
+    /// Query `2·d·h·key_dim`; sub-key scores `2·h·√N·key_dim` (two halves of √N·key_dim/2 each);
+    /// experts `4·d·h·k` (the dot product `u_iᵀx` and the scaled add of `v_i`, 2·d each). The k² candidate
+    /// sums, top-k comparisons, router and activations are O(h·k²) and left out.
+    pub fn flops_per_token(&self) -> f64 {
+        let (d, h, k) = (self.d_model as f64, self.heads as f64, self.top_k as f64);
+        let (n, kd) = (self.num_sub_keys() as f64, self.key_dim as f64);
+        2.0 * d * h * kd + 2.0 * h * n * kd + 4.0 * d * h * k
+    }
+}
+
+pub struct Peer<T: Float = f32> {
+    config: PeerConfig,
+    /// `{name}.query`: d_model → heads·key_dim, no bias.
+    pub query: Linear<T>,
+    /// `{name}.query_bn.gain` / `.bias`, `[key_dim]` (statistics shared by the heads), when
+    /// `query_batch_norm`.
+    pub query_bn: Option<(Param<T>, Param<T>)>,
+    query_bn_stats: BatchNormStats<T>,
+    /// `{name}.keys1`, `{name}.keys2`: the sub-keys C, C' `[√N, key_dim/2]`, shared by the heads.
+    pub keys1: Param<T>,
+    pub keys2: Param<T>,
+    /// `{name}.u`, `{name}.v`: the expert pool, `[N, d_model]` tables read by row.
+    pub u: Param<T>,
+    pub v: Param<T>,
+    usage: Option<ExpertUsage>,
+}
+
+impl<T: Float> Peer<T> {
+    pub fn new(config: &PeerConfig, name: &str, rng: &mut Rng) -> Self {
+        let (d, half, n) = (config.d_model, config.key_dim / 2, config.num_sub_keys());
+        let query =
+            Linear::new(&format!("{name}.query"), d, config.heads * config.key_dim, false, (d as f64).powf(-0.5), rng);
+        let query_bn = config.query_batch_norm.then(|| batch_norm_params(&format!("{name}.query_bn"), config.key_dim));
+        let key_bound = (half as f64).powf(-0.5);
+        let mut keys = |which: &str| {
+            let table = Tensor::uniform(&[n, half], -key_bound, key_bound, rng);
+            Param::new(format!("{name}.{which}"), ParamKind::NoDecay, table)
+        };
+        let (keys1, keys2) = (keys("keys1"), keys("keys2"));
+        let u = Tensor::randn(&[config.num_experts, d], (d as f64).powf(-0.5), rng);
+        let v = Tensor::randn(&[config.num_experts, d], ((config.heads * config.top_k) as f64).powf(-0.5), rng);
+        Peer {
+            config: config.clone(),
+            query,
+            query_bn,
+            query_bn_stats: BatchNormStats::new(config.key_dim, BATCH_NORM_MOMENTUM),
+            keys1,
+            keys2,
+            u: Param::new(format!("{name}.u"), ParamKind::Table, u),
+            v: Param::new(format!("{name}.v"), ParamKind::Table, v),
+            usage: None,
+        }
+    }
+
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    /// `x [tokens, d_model] → [tokens, d_model]`. `training` selects batch statistics (and updates the
+    /// running ones) in the query batch norm; evaluation uses the running statistics, so tokens stay
+    /// independent.
+    pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> FfwOut<T> {
+        let (tokens, heads, k) = (x.shape()[0], self.config.heads, self.config.top_k);
+        // 1. Query network, one key_dim-wide query per head, normalised.
+        let query = self.query.forward(tape, x); // [tokens, heads·key_dim]
+        let mut query = ops::reshape(tape, &query, &[tokens * heads, self.config.key_dim]);
+        if let Some((gain, bias)) = &self.query_bn {
+            let (gain, bias) = (tape.param(gain), tape.param(bias));
+            query = ops::batch_norm(tape, &query, &gain, &bias, &mut self.query_bn_stats, training, BATCH_NORM_EPS);
+        }
+        // 2. Product-key retrieval of each head's top-k experts (eq. 1).
+        let (keys1, keys2) = (tape.param(&self.keys1), tape.param(&self.keys2));
+        let (scores, expert_ids) = ops::product_key_topk(tape, &query, &keys1, &keys2, k); // [tokens·heads, k]
+        if let Some(usage) = &mut self.usage {
+            usage.record(&expert_ids);
+        }
+        // 3. Router: gates over each head's k experts (eq. 2).
+        let gates = match self.config.router {
+            Router::Softmax => ops::softmax(tape, &scores),
+            Router::Sigmoid => ops::sigmoid(tape, &scores),
+        };
+        // 4. Experts, summed over the k experts of every head (eq. 3) and over the heads.
+        let gates = ops::reshape(tape, &gates, &[tokens, heads * k]);
+        let (u, v) = (tape.param(&self.u), tape.param(&self.v));
+        let y = ops::peer_experts(tape, x, &u, &v, &gates, &expert_ids, self.config.activation);
+        FfwOut { y, aux_loss: None }
+    }
+
+    /// Starts (with zero counts) or stops counting expert selections; turning it on again keeps the counts.
+    pub fn track_usage(&mut self, on: bool) {
+        self.usage =
+            if on { self.usage.take().or_else(|| Some(ExpertUsage::new(self.config.num_experts))) } else { None };
+    }
+
+    pub fn usage(&self) -> Option<&ExpertUsage> {
+        self.usage.as_ref()
+    }
+
+    pub fn reset_usage(&mut self) {
+        if let Some(usage) = &mut self.usage {
+            usage.reset();
+        }
+    }
+}
+
+impl<T: Float> Module<T> for Peer<T> {
+    fn batch_norm_stats(&self) -> Vec<(String, &BatchNormStats<T>)> {
+        self.query_bn.iter().map(|(gain, _)| (bn_name(gain), &self.query_bn_stats)).collect()
+    }
+
+    fn batch_norm_stats_mut(&mut self) -> Vec<(String, &mut BatchNormStats<T>)> {
+        match &self.query_bn {
+            Some((gain, _)) => vec![(bn_name(gain), &mut self.query_bn_stats)],
+            None => Vec::new(),
+        }
+    }
+
+    fn params(&self) -> Vec<&Param<T>> {
+        let mut params = self.query.params();
+        if let Some((gain, bias)) = &self.query_bn {
+            params.extend([gain, bias]);
+        }
+        params.extend([&self.keys1, &self.keys2, &self.u, &self.v]);
+        params
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        let mut params = self.query.params_mut();
+        if let Some((gain, bias)) = &mut self.query_bn {
+            params.extend([gain, bias]);
+        }
+        params.extend([&mut self.keys1, &mut self.keys2, &mut self.u, &mut self.v]);
+        params
+    }
+}

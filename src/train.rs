@@ -1,0 +1,443 @@
+//! Training: the loop that turns token shards into a model, with schedule, clipping, validation,
+//! metrics and checkpoints that resume exactly.
+//!
+//! One step: draw the batch for this step (a pure function of seed and step, see
+//! [`crate::data::loader`]), run the model forward on a recording tape, back-propagate, clip the global
+//! gradient norm, and let AdamW update the parameters (lazily, row by row, for expert tables). Everything
+//! a step depends on — weights, optimizer moments, batch-norm running statistics, the step number — goes
+//! into a checkpoint, and every reduction in the engine has a fixed order, so a run stopped and resumed
+//! ends with the same bits as one that never stopped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::checkpoint::Checkpoint;
+use crate::data::loader::{Batch, TokenDataset};
+use crate::model::{flops, Gpt, ModelConfig};
+use crate::nn::Module;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// How to train; a config file's `"train"` section. Every field has a default.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Sequences per step (default 8).
+    pub batch_size: usize,
+    /// Optimizer steps (default 1000); `--flops` overrides it from a compute budget.
+    pub steps: u64,
+    /// Peak learning rate of dense parameters (default 1e-3).
+    pub lr: f32,
+    /// Peak learning rate of expert and value tables (default 1e-3).
+    pub table_lr: f32,
+    /// Decoupled weight decay of matrices (default 0.1).
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Linear warmup steps before the cosine decay (default 50).
+    pub warmup_steps: u64,
+    /// The cosine decays to this fraction of the peak rate (default 0.1).
+    pub min_lr_ratio: f32,
+    /// Global gradient-norm clip; 0 turns it off (default 1.0).
+    pub grad_clip: f64,
+    /// Validate every this many steps, and at the end; 0: only at the end (default 100).
+    pub eval_every: u64,
+    /// Validation batches per evaluation; 0 means the whole validation set (default 20).
+    pub eval_batches: usize,
+    /// Save a checkpoint every this many steps, and at the end; 0: only at the end (default 500).
+    pub checkpoint_every: u64,
+    /// Seeds initialisation and batch order (default 1337).
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 8,
+            steps: 1000,
+            lr: 1e-3,
+            table_lr: 1e-3,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            warmup_steps: 50,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 20,
+            checkpoint_every: 500,
+            seed: 1337,
+        }
+    }
+}
+
+/// A whole config file: `{"model": {...}, "train": {...}}`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// Reads and validates a JSON config file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+        let mut config: RunConfig =
+            serde_json::from_str(&text).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+        config.model.propagate_d_model();
+        config.validate().map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| format!("model.{e}"))?;
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err("train.batch_size: must be at least 1".into());
+        }
+        if t.steps == 0 {
+            return Err("train.steps: must be at least 1".into());
+        }
+        if !(t.lr > 0.0 && t.table_lr > 0.0) {
+            return Err("train.lr / train.table_lr: must be positive".into());
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return Err("train.beta1 / train.beta2: must lie in [0, 1)".into());
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err("train.min_lr_ratio: must lie in [0, 1]".into());
+        }
+        if t.grad_clip < 0.0 {
+            return Err("train.grad_clip: must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// A training failure, with a message that says what and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainError(pub String);
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+/// What one optimizer step measured.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// The model, its optimizer and the step counter: everything a checkpoint holds.
+pub struct Trainer {
+    pub config: RunConfig,
+    pub model: Gpt<f32>,
+    optimizer: AdamW,
+    schedule: CosineSchedule,
+    tape: Tape<f32>,
+    step: u64,
+    /// The tokenizer file's text, kept in checkpoints so that `eval` and `sample` need nothing else.
+    tokenizer: Option<String>,
+}
+
+impl Trainer {
+    pub fn new(config: RunConfig) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError)?;
+        let t = &config.train;
+        let optimizer = AdamW::new(AdamWConfig {
+            lr: t.lr,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: 1e-8,
+            weight_decay: t.weight_decay,
+            table_lr: t.table_lr,
+        });
+        let warmup = t.warmup_steps.min(t.steps);
+        let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio).map_err(TrainError)?;
+        let model = Gpt::new(&config.model, t.seed);
+        Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
+    }
+
+    /// Changes the planned number of steps; the learning-rate schedule stretches to match.
+    pub fn set_steps(&mut self, steps: u64) -> Result<(), TrainError> {
+        let t = &mut self.config.train;
+        t.steps = steps;
+        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio).map_err(TrainError)?;
+        Ok(())
+    }
+
+    /// Records the tokenizer (its file's text) to store in checkpoints.
+    pub fn set_tokenizer(&mut self, text: String) {
+        self.tokenizer = Some(text);
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// One optimizer step on `batch`; fails, leaving the weights untouched, if the loss is not finite.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+        self.tape.clear();
+        let (loss, ce) = self.model.loss(&mut self.tape, &batch.inputs, &batch.targets, batch.batch_size, true);
+        if !ce.is_finite() || !loss.value().item().is_finite() {
+            self.tape.clear();
+            return Err(TrainError(format!("step {}: the loss is {ce}; stopping", self.step + 1)));
+        }
+        self.tape.backward(&loss);
+        drop(loss);
+        let grad_norm = {
+            let params = self.model.params();
+            let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
+            clip_grad_norm(&params, &mut self.tape, max_norm)
+        };
+        let lr_scale = self.schedule.lr_scale(self.step);
+        self.optimizer.step(&mut self.model.params_mut(), &self.tape, lr_scale);
+        self.tape.clear();
+        self.step += 1;
+        Ok(StepStats { loss: ce, grad_norm, lr: f64::from(self.config.train.lr * lr_scale) })
+    }
+
+    /// Mean cross-entropy (nats per token) over up to `max_batches` validation batches (0: all).
+    pub fn validate(&mut self, valid: &TokenDataset, max_batches: usize) -> f64 {
+        let batches = valid.valid_batches(self.config.train.batch_size);
+        let limit = if max_batches == 0 { usize::MAX } else { max_batches };
+        let (mut total, mut count) = (0.0, 0usize);
+        for batch in batches.take(limit) {
+            let mut tape = Tape::no_grad();
+            let (_, ce) = self.model.loss(&mut tape, &batch.inputs, &batch.targets, batch.batch_size, false);
+            total += ce * batch.targets.len() as f64;
+            count += batch.targets.len();
+        }
+        total / count.max(1) as f64
+    }
+
+    /// Everything needed to continue exactly: weights, optimizer moments, running statistics, step.
+    pub fn to_checkpoint(&self) -> Checkpoint {
+        let mut tensors: Vec<(String, Tensor<f32>)> =
+            self.model.params().iter().map(|p| (p.name.clone(), p.value.clone())).collect();
+        tensors.extend(self.model.buffers());
+        tensors.extend(self.optimizer.state_tensors());
+        let mut metadata = BTreeMap::new();
+        metadata.insert("format".into(), "peerlm-checkpoint-v1".into());
+        metadata.insert("step".into(), self.step.to_string());
+        metadata.insert("optimizer_step".into(), self.optimizer.step_count().to_string());
+        metadata.insert("config".into(), serde_json::to_string(&self.config).expect("config serialises"));
+        if let Some(tokenizer) = &self.tokenizer {
+            metadata.insert("tokenizer".into(), tokenizer.clone());
+        }
+        Checkpoint { tensors, metadata }
+    }
+
+    /// Rebuilds a trainer from a checkpoint written by [`Trainer::to_checkpoint`].
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self, TrainError> {
+        let restored = Restored::new(checkpoint)?;
+        let optimizer_step: u64 = restored.meta("optimizer_step")?.parse().map_err(|e| bad("optimizer_step", e))?;
+        let mut trainer = Trainer::new(restored.config.clone())?;
+        let mut tensors = restored.tensors;
+        trainer.model = model_from(&restored.config, &mut tensors)?;
+        let optimizer_state: Vec<(String, Tensor<f32>)> = tensors.into_iter().collect();
+        trainer
+            .optimizer
+            .load_state(optimizer_step, &optimizer_state, &trainer.model.params())
+            .map_err(|e| TrainError(format!("checkpoint: optimizer state: {e}")))?;
+        trainer.step = restored.step;
+        trainer.tokenizer = restored.metadata.get("tokenizer").cloned();
+        Ok(trainer)
+    }
+}
+
+/// A checkpoint's string metadata (step, config, tokenizer).
+pub type Metadata = BTreeMap<String, String>;
+
+/// The model, config and metadata of a checkpoint, without the optimizer state (for `eval`, `sample`).
+pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metadata), TrainError> {
+    let mut restored = Restored::new(checkpoint)?;
+    let model = model_from(&restored.config, &mut restored.tensors)?;
+    Ok((model, restored.config, restored.metadata))
+}
+
+/// A checkpoint's parts, checked and parsed.
+struct Restored {
+    config: RunConfig,
+    step: u64,
+    metadata: BTreeMap<String, String>,
+    tensors: BTreeMap<String, Tensor<f32>>,
+}
+
+impl Restored {
+    fn new(checkpoint: Checkpoint) -> Result<Self, TrainError> {
+        let mut restored = Restored {
+            config: RunConfig::default(),
+            step: 0,
+            metadata: checkpoint.metadata,
+            tensors: checkpoint.tensors.into_iter().collect(),
+        };
+        if restored.meta("format")? != "peerlm-checkpoint-v1" {
+            return Err(TrainError(format!("checkpoint: unknown format {:?}", restored.meta("format")?)));
+        }
+        restored.config = serde_json::from_str(restored.meta("config")?).map_err(|e| bad("config", e))?;
+        restored.config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
+        restored.step = restored.meta("step")?.parse().map_err(|e| bad("step", e))?;
+        Ok(restored)
+    }
+
+    fn meta(&self, key: &str) -> Result<&str, TrainError> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| TrainError(format!("checkpoint: metadata has no \"{key}\"")))
+    }
+}
+
+fn bad(key: &str, error: impl fmt::Display) -> TrainError {
+    TrainError(format!("checkpoint: metadata \"{key}\": {error}"))
+}
+
+/// Builds the model of `config` and moves its weights and running statistics out of `tensors`.
+fn model_from(config: &RunConfig, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<Gpt<f32>, TrainError> {
+    let mut model = Gpt::new(&config.model, config.train.seed);
+    for param in model.params_mut() {
+        let value = tensors
+            .remove(&param.name)
+            .ok_or_else(|| TrainError(format!("checkpoint: no tensor for parameter {}", param.name)))?;
+        if value.shape() != param.value.shape() {
+            return Err(TrainError(format!(
+                "checkpoint: {} has shape {:?}, the model expects {:?}",
+                param.name,
+                value.shape(),
+                param.value.shape()
+            )));
+        }
+        param.value = value;
+    }
+    model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))?;
+    Ok(model)
+}
+
+/// Where a run writes and what it prints.
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    /// Print a progress line to stderr.
+    pub progress: bool,
+}
+
+/// Result of a finished run.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub final_train_loss: f64,
+    pub final_valid_loss: Option<f64>,
+    pub tokens_per_second: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// Trains `trainer` up to its configured step count, validating on `valid`, writing `metrics.jsonl` and
+/// `checkpoint.safetensors` into the output directory.
+pub fn run(
+    trainer: &mut Trainer,
+    train: &TokenDataset,
+    valid: Option<&TokenDataset>,
+    options: &RunOptions,
+) -> Result<RunSummary, TrainError> {
+    let io_err = |what: &str, e: std::io::Error| TrainError(format!("{what}: {e}"));
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| io_err(&options.out_dir.display().to_string(), e))?;
+    let metrics_path = options.out_dir.join("metrics.jsonl");
+    let checkpoint_path = options.out_dir.join("checkpoint.safetensors");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io_err(&metrics_path.display().to_string(), e))?;
+    let t = trainer.config.train.clone();
+    let tokens_per_step = t.batch_size * trainer.config.model.seq_len;
+    let started = Instant::now();
+    let first_step = trainer.step_count();
+    let mut last = StepStats { loss: f64::NAN, grad_norm: 0.0, lr: 0.0 };
+    let mut valid_loss = None;
+    let tty = std::io::stderr().is_terminal();
+
+    while trainer.step_count() < t.steps {
+        let batch = train.train_batch(t.seed, trainer.step_count(), t.batch_size);
+        last = trainer
+            .train_step(&batch)
+            .map_err(|e| TrainError(format!("{e}; the last good checkpoint is {}", checkpoint_path.display())))?;
+        let step = trainer.step_count();
+        let elapsed = started.elapsed().as_secs_f64();
+        let tokens_per_second = ((step - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9);
+        writeln!(
+            metrics,
+            "{{\"step\":{step},\"loss\":{:.5},\"grad_norm\":{:.4},\"lr\":{:.3e},\"tokens_per_s\":{:.0}}}",
+            last.loss, last.grad_norm, last.lr, tokens_per_second
+        )
+        .map_err(|e| io_err("metrics.jsonl", e))?;
+        let done = step == t.steps;
+        if let Some(valid) = valid.filter(|_| done || (t.eval_every > 0 && step % t.eval_every == 0)) {
+            let loss = trainer.validate(valid, t.eval_batches);
+            valid_loss = Some(loss);
+            writeln!(metrics, "{{\"step\":{step},\"valid_loss\":{loss:.5},\"valid_ppl\":{:.3}}}", loss.exp())
+                .map_err(|e| io_err("metrics.jsonl", e))?;
+            if options.progress {
+                eprintln!("{}step {step}: validation loss {loss:.4}, perplexity {:.2}", clear(tty), loss.exp());
+            }
+        }
+        if done || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
+            trainer.to_checkpoint().save(&checkpoint_path).map_err(|e| TrainError(e.to_string()))?;
+        }
+        if options.progress {
+            let eta = (t.steps - step) as f64 * elapsed / (step - first_step) as f64;
+            progress_line(tty, step, t.steps, &last, tokens_per_second, eta);
+        }
+    }
+    if options.progress && tty {
+        eprintln!();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        steps: trainer.step_count(),
+        final_train_loss: last.loss,
+        final_valid_loss: valid_loss,
+        tokens_per_second: ((trainer.step_count() - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9),
+        checkpoint: checkpoint_path,
+    })
+}
+
+/// The steps a compute budget buys for this config (see [`flops`]).
+pub fn steps_for_flops(config: &RunConfig, budget: f64) -> u64 {
+    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len)
+}
+
+fn clear(tty: bool) -> &'static str {
+    if tty {
+        "\r\x1b[2K"
+    } else {
+        ""
+    }
+}
+
+/// On a terminal, one line rewritten in place; in a log, a line every 10 steps.
+fn progress_line(tty: bool, step: u64, steps: u64, stats: &StepStats, tokens_per_second: f64, eta: f64) {
+    if !tty && step % 10 != 0 && step != steps {
+        return;
+    }
+    let line = format!(
+        "step {step}/{steps} | loss {:.4} | lr {:.2e} | {:.0} tok/s | ETA {:.0}s",
+        stats.loss, stats.lr, tokens_per_second, eta
+    );
+    if tty {
+        eprint!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}

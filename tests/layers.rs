@@ -1,0 +1,301 @@
+//! Behaviour of the feed-forward layers beyond their gradients: no leakage between tokens in evaluation,
+//! bit-identical results on 1 and 2 threads, expert-usage statistics, the MoE load-balancing loss, and
+//! configuration errors that name the bad field.
+
+use peerlm::nn::{
+    DenseFfw, DenseFfwConfig, ExpertUsage, FfwOut, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Router,
+    Routing,
+};
+use peerlm::ops::{self, ExpertActivation};
+use peerlm::{Grad, Rng, Tape, Tensor, Var};
+
+/// Any of the layers, behind one forward signature.
+trait Layer: Module<f32> {
+    fn run(&mut self, tape: &mut Tape<f32>, x: &Var<f32>, training: bool) -> FfwOut<f32>;
+}
+
+macro_rules! layer {
+    ($t:ty) => {
+        impl Layer for $t {
+            fn run(&mut self, tape: &mut Tape<f32>, x: &Var<f32>, training: bool) -> FfwOut<f32> {
+                self.forward(tape, x, training)
+            }
+        }
+    };
+}
+layer!(DenseFfw<f32>);
+layer!(Moe<f32>);
+layer!(Pkm<f32>);
+layer!(Peer<f32>);
+
+const D: usize = 32;
+
+fn peer_config() -> PeerConfig {
+    PeerConfig {
+        d_model: D,
+        num_experts: 256,
+        heads: 4,
+        top_k: 4,
+        key_dim: 16,
+        query_batch_norm: true,
+        router: Router::Softmax,
+        activation: ExpertActivation::Gelu,
+    }
+}
+
+fn pkm_config() -> PkmConfig {
+    PkmConfig { d_model: D, num_keys: 16, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true }
+}
+
+fn moe_config(routing: Routing) -> MoeConfig {
+    MoeConfig {
+        d_model: D,
+        num_experts: 4,
+        d_expert: 24,
+        top_k: 2,
+        routing,
+        capacity_factor: 1.0,
+        aux_loss_weight: 0.01,
+    }
+}
+
+/// Every layer, including both MoE routings; `causal` says whether outputs may depend on other tokens.
+fn all_layers() -> Vec<(&'static str, Box<dyn Layer>, bool)> {
+    let rng = Rng::new(42);
+    vec![
+        ("ffw", Box::new(DenseFfw::new(&DenseFfwConfig { d_model: D, d_ff: 64 }, "ffw", &mut rng.fork(0))), true),
+        ("moe_tc", Box::new(Moe::new(&moe_config(Routing::TokenChoice), "moe", &mut rng.fork(1))), true),
+        ("moe_ec", Box::new(Moe::new(&moe_config(Routing::ExpertChoice), "moe", &mut rng.fork(2))), false),
+        ("pkm", Box::new(Pkm::new(&pkm_config(), "pkm", &mut rng.fork(3))), true),
+        ("peer", Box::new(Peer::new(&peer_config(), "peer", &mut rng.fork(4))), true),
+    ]
+}
+
+fn input(tokens: usize, seed: u64) -> Tensor<f32> {
+    Tensor::randn(&[tokens, D], 1.0, &mut Rng::new(seed))
+}
+
+fn eval(layer: &mut dyn Layer, x: &Tensor<f32>) -> Tensor<f32> {
+    let mut tape = Tape::no_grad();
+    let x = tape.constant(x.clone());
+    layer.run(&mut tape, &x, false).y.value().clone()
+}
+
+#[test]
+fn later_tokens_never_change_earlier_outputs_in_evaluation() {
+    let tokens = 6;
+    for (name, mut layer, causal) in all_layers() {
+        if !causal {
+            continue; // expert choice: documented as not causal
+        }
+        // A training step first, so batch-norm running statistics are not at their initial values.
+        let mut tape = Tape::new();
+        let warmup = tape.constant(input(64, 1));
+        layer.run(&mut tape, &warmup, true);
+        let x = input(tokens, 2);
+        let y = eval(layer.as_mut(), &x);
+        for t in 0..tokens - 1 {
+            let mut changed = x.clone();
+            changed.data_mut()[(t + 1) * D..(t + 2) * D].iter_mut().for_each(|v| *v = -3.0 * *v + 1.0);
+            let y_changed = eval(layer.as_mut(), &changed);
+            let (before, after) = (&y.data()[..(t + 1) * D], &y_changed.data()[..(t + 1) * D]);
+            if name == "moe_tc" {
+                // An expert's GEMM sees a batch of a different size when a later token's routing changes,
+                // which may round differently in the last bits (~1e-9 here); a leak would move these outputs,
+                // of size ~1e-3, by about their own size.
+                let close = before.iter().zip(after).all(|(a, b)| (a - b).abs() <= 1e-7);
+                assert!(close, "{name}: token {} leaks", t + 1);
+            } else {
+                assert_eq!(before, after, "{name}: token {} leaks", t + 1);
+            }
+            assert_ne!(y.data()[(t + 1) * D..], y_changed.data()[(t + 1) * D..], "{name}: the change had no effect");
+        }
+    }
+}
+
+/// Output and every parameter and input gradient, as bits.
+fn forward_backward_bits(layer: &mut dyn Layer, x: &Tensor<f32>) -> Vec<Vec<u32>> {
+    let x_param = peerlm::Param::new("x", peerlm::ParamKind::Weight, x.clone());
+    let mut tape = Tape::new();
+    let xv = tape.param(&x_param);
+    let out = layer.run(&mut tape, &xv, true);
+    let weights = tape.constant(Tensor::randn(out.y.shape(), 1.0, &mut Rng::new(3)));
+    let weighted = ops::mul(&mut tape, &out.y, &weights);
+    let mut loss = ops::sum(&mut tape, &weighted);
+    if let Some(aux) = &out.aux_loss {
+        loss = ops::add(&mut tape, &loss, aux);
+    }
+    let bits = |t: &Tensor<f32>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let mut all = vec![bits(out.y.value())];
+    tape.backward(&loss);
+    all.push(bits(&tape.grad(&x_param).unwrap().to_dense()));
+    for p in layer.params() {
+        all.push(tape.grad(p).map(Grad::to_dense).map(|g| bits(&g)).unwrap_or_default());
+    }
+    all
+}
+
+#[test]
+fn one_and_two_threads_give_identical_bits() {
+    let x = input(300, 5);
+    let run_with = |threads: usize| -> Vec<Vec<Vec<u32>>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            all_layers().into_iter().map(|(_, mut layer, _)| forward_backward_bits(layer.as_mut(), &x)).collect()
+        })
+    };
+    let (one, two) = (run_with(1), run_with(2));
+    for ((name, _, _), (a, b)) in all_layers().iter().zip(one.iter().zip(&two)) {
+        assert!(a == b, "{name}: results differ between 1 and 2 threads");
+    }
+}
+
+#[test]
+fn expert_usage_on_a_hand_made_example() {
+    let mut usage = ExpertUsage::new(4);
+    usage.record(&[0, 1, 0]);
+    usage.record(&[2]);
+    assert_eq!(usage.counts(), &[2, 1, 1, 0]);
+    assert_eq!(usage.fraction_used(), 0.75);
+    // p = (1/2, 1/4, 1/4, 0): Σ p ln(4p) = ½ ln 2 + ¼ ln 1 + ¼ ln 1.
+    assert!((usage.kl_from_uniform() - 0.5 * 2f64.ln()).abs() < 1e-12);
+}
+
+#[test]
+fn layers_count_every_selection() {
+    let tokens = 10;
+    let x = input(tokens, 6);
+    let mut peer = Peer::<f32>::new(&peer_config(), "peer", &mut Rng::new(1));
+    assert!(peer.usage().is_none());
+    peer.track_usage(true);
+    eval(&mut peer, &x);
+    let usage = peer.usage().unwrap();
+    assert_eq!(usage.total(), (tokens * 4 * 4) as u64); // tokens · heads · k
+    assert!(usage.fraction_used() > 0.0 && usage.fraction_used() <= (tokens * 16) as f64 / 256.0);
+    peer.reset_usage();
+    assert_eq!(peer.usage().unwrap().total(), 0);
+    peer.track_usage(false);
+    assert!(peer.usage().is_none());
+
+    let mut pkm = Pkm::<f32>::new(&pkm_config(), "pkm", &mut Rng::new(1));
+    pkm.track_usage(true);
+    eval(&mut pkm, &x);
+    assert_eq!(pkm.usage().unwrap().total(), (tokens * 4 * 4) as u64);
+
+    // Expert choice: each of the 4 experts takes exactly c = ⌈1.0 · 10 · 2 / 4⌉ = 5 tokens.
+    let mut moe = Moe::<f32>::new(&moe_config(Routing::ExpertChoice), "moe", &mut Rng::new(1));
+    moe.track_usage(true);
+    eval(&mut moe, &x);
+    assert_eq!(moe.usage().unwrap().counts(), &[5, 5, 5, 5]);
+    assert_eq!(moe.usage().unwrap().kl_from_uniform(), 0.0);
+}
+
+#[test]
+fn moe_aux_loss_is_its_weight_under_a_uniform_router() {
+    // All router logits 0: P_e = 1/E, and Σ_e f_e = 1, so E · Σ_e f_e P_e = 1 and aux = its weight.
+    let mut config = moe_config(Routing::TokenChoice);
+    config.aux_loss_weight = 0.25;
+    let mut moe = Moe::<f32>::new(&config, "moe", &mut Rng::new(1));
+    moe.router.weight.value = Tensor::zeros(moe.router.weight.value.shape());
+    let mut tape = Tape::no_grad();
+    let x = tape.constant(input(9, 7));
+    let aux = moe.forward(&mut tape, &x, true).aux_loss.unwrap().value().item();
+    assert!((aux - 0.25).abs() < 1e-6, "aux {aux}");
+    // Expert choice has no auxiliary loss.
+    let mut moe = Moe::<f32>::new(&moe_config(Routing::ExpertChoice), "moe", &mut Rng::new(1));
+    assert!(moe.forward(&mut tape, &x, true).aux_loss.is_none());
+}
+
+#[test]
+fn parameter_names_are_prefixed_and_unique() {
+    for (name, layer, _) in all_layers() {
+        let names: Vec<String> = layer.params().iter().map(|p| p.name.clone()).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{name}: duplicate parameter names {names:?}");
+        let prefix = &name[..3];
+        assert!(names.iter().all(|n| n.starts_with(prefix)), "{name}: {names:?}");
+    }
+    let peer = Peer::<f32>::new(&peer_config(), "blocks.2.peer", &mut Rng::new(1));
+    let names: Vec<&str> = peer.params().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blocks.2.peer.query.weight",
+            "blocks.2.peer.query_bn.gain",
+            "blocks.2.peer.query_bn.bias",
+            "blocks.2.peer.keys1",
+            "blocks.2.peer.keys2",
+            "blocks.2.peer.u",
+            "blocks.2.peer.v"
+        ]
+    );
+}
+
+fn error_of(result: Result<(), String>) -> String {
+    result.expect_err("the config should be rejected")
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    assert!(peer_config().validate().is_ok());
+    let peer = |edit: fn(&mut PeerConfig)| {
+        let mut c = peer_config();
+        edit(&mut c);
+        error_of(c.validate())
+    };
+    assert_eq!(peer(|c| c.num_experts = 1000), "peer.num_experts: 1000 is not a perfect square");
+    assert!(peer(|c| c.key_dim = 15).starts_with("peer.key_dim:"));
+    assert!(peer(|c| c.top_k = 17).starts_with("peer.top_k:"));
+    assert!(peer(|c| c.heads = 0).starts_with("peer.heads:"));
+    assert!(peer(|c| c.d_model = 0).starts_with("peer.d_model:"));
+
+    assert!(pkm_config().validate().is_ok());
+    let mut pkm = pkm_config();
+    pkm.top_k = 17;
+    assert!(error_of(pkm.validate()).starts_with("pkm.top_k:"));
+    pkm = pkm_config();
+    pkm.key_dim = 3;
+    assert!(error_of(pkm.validate()).starts_with("pkm.key_dim:"));
+
+    assert!(moe_config(Routing::TokenChoice).validate().is_ok());
+    let moe = |edit: fn(&mut MoeConfig)| {
+        let mut c = moe_config(Routing::TokenChoice);
+        edit(&mut c);
+        error_of(c.validate())
+    };
+    assert!(moe(|c| c.top_k = 5).starts_with("moe.top_k:"));
+    assert!(moe(|c| c.capacity_factor = 0.0).starts_with("moe.capacity_factor:"));
+    assert!(moe(|c| c.aux_loss_weight = f64::NAN).starts_with("moe.aux_loss_weight:"));
+    assert!(moe(|c| c.d_expert = 0).starts_with("moe.d_expert:"));
+
+    assert!(error_of(DenseFfwConfig { d_model: 8, d_ff: 0 }.validate()).starts_with("ffw.d_ff:"));
+}
+
+#[test]
+fn flops_per_token_counts_the_matmuls() {
+    assert_eq!(DenseFfwConfig { d_model: 256, d_ff: 1024 }.flops_per_token(), 4.0 * 256.0 * 1024.0);
+    let peer = PeerConfig { d_model: 256, num_experts: 1 << 20, heads: 8, top_k: 16, key_dim: 256, ..peer_config() };
+    // query 2·256·8·256 + sub-keys 2·8·1024·256 + experts 4·256·8·16
+    assert_eq!(peer.flops_per_token(), 1_048_576.0 + 4_194_304.0 + 131_072.0);
+    let moe = moe_config(Routing::TokenChoice);
+    assert_eq!(moe.flops_per_token(), 2.0 * 32.0 * 4.0 + 2.0 * 4.0 * 32.0 * 24.0);
+}
+
+#[cfg(feature = "io")]
+#[test]
+fn configs_read_from_json_with_defaults_and_reject_unknown_fields() {
+    let json = r#"{"d_model": 32, "num_experts": 256, "heads": 4, "top_k": 4, "key_dim": 16}"#;
+    let config: PeerConfig = serde_json::from_str(json).unwrap();
+    assert_eq!(config, peer_config());
+    let bad = r#"{"d_model": 32, "num_experts": 256, "heads": 4, "top_k": 4, "key_dim": 16, "topk": 3}"#;
+    assert!(serde_json::from_str::<PeerConfig>(bad).unwrap_err().to_string().contains("topk"));
+    let moe: MoeConfig =
+        serde_json::from_str(r#"{"d_model": 32, "num_experts": 4, "d_expert": 24, "top_k": 2}"#).unwrap();
+    assert_eq!((moe.routing, moe.capacity_factor, moe.aux_loss_weight), (Routing::ExpertChoice, 1.0, 0.01));
+    let relu = PeerConfig { activation: ExpertActivation::Relu, router: Router::Sigmoid, ..peer_config() };
+    let text = serde_json::to_string(&relu).unwrap();
+    assert!(text.contains(r#""activation":"relu""#) && text.contains(r#""router":"sigmoid""#), "{text}");
+    assert_eq!(serde_json::from_str::<PeerConfig>(&text).unwrap(), relu);
+}

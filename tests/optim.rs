@@ -1,0 +1,270 @@
+//! AdamW, lazy sparse AdamW and gradient clipping against references written out by hand.
+
+use peerlm::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use peerlm::{Grad, Op, Param, ParamKind, Rng, RowGrad, Tape, Tensor, Var};
+
+/// An op whose backward returns fixed gradients: `loss = 0`, `dloss/dinput_i = grads[i]`. It leaves
+/// chosen (dense or row-sparse) gradients on the tape the way a real backward would.
+struct InjectGrads(Vec<Grad>);
+
+impl Op<f32> for InjectGrads {
+    fn name(&self) -> &'static str {
+        "inject_grads"
+    }
+    fn forward(&mut self, _: &[&Tensor]) -> Tensor {
+        Tensor::scalar(0.0)
+    }
+    fn backward(&self, _: &[&Tensor], _: &Tensor, _: &Tensor, _: &[bool]) -> Vec<Option<Grad>> {
+        self.0.iter().map(|g| Some(g.clone())).collect()
+    }
+}
+
+fn tape_with_grads(params: &[&Param], grads: Vec<Grad>) -> Tape {
+    let mut tape = Tape::new();
+    let vars: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
+    let loss = tape.apply(InjectGrads(grads), &vars.iter().collect::<Vec<_>>());
+    tape.backward(&loss);
+    tape
+}
+
+fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
+    Tensor::randn(shape, 1.0, rng)
+}
+
+/// AdamW in f64, written from the formulas (Kingma & Ba 2015 Alg. 1, Loshchilov & Hutter 2019 Alg. 2).
+struct ReferenceAdamW {
+    p: Vec<f64>,
+    m: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl ReferenceAdamW {
+    fn new(p: &Tensor) -> Self {
+        let n = p.numel();
+        ReferenceAdamW { p: p.data().iter().map(|&x| f64::from(x)).collect(), m: vec![0.0; n], v: vec![0.0; n] }
+    }
+
+    /// Updates the elements `range` with gradient `g` at global step `t`.
+    fn step(&mut self, range: std::ops::Range<usize>, g: &[f32], t: u64, lr: f64, decay: f64, c: &AdamWConfig) {
+        let (b1, b2, eps) = (f64::from(c.beta1), f64::from(c.beta2), f64::from(c.eps));
+        for (i, &g) in range.zip(g) {
+            let g = f64::from(g);
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
+            let m_hat = self.m[i] / (1.0 - b1.powi(t as i32));
+            let v_hat = self.v[i] / (1.0 - b2.powi(t as i32));
+            self.p[i] -= lr * decay * self.p[i];
+            self.p[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+}
+
+fn assert_close(actual: &[f32], expected: &[f64], tol: f64, what: &str) {
+    assert_eq!(actual.len(), expected.len());
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        assert!((f64::from(a) - e).abs() <= tol * e.abs().max(1.0), "{what}[{i}]: {a} vs reference {e}");
+    }
+}
+
+#[test]
+fn dense_adamw_matches_f64_reference() {
+    let config = AdamWConfig { lr: 0.05, beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.3, table_lr: 0.2 };
+    let mut rng = Rng::new(1);
+    let mut weight = Param::new("w", ParamKind::Weight, randn(&[3, 5], &mut rng));
+    let mut bias = Param::new("b", ParamKind::NoDecay, randn(&[5], &mut rng));
+    let mut table = Param::new("table", ParamKind::Table, randn(&[4, 2], &mut rng));
+    let mut refs =
+        [ReferenceAdamW::new(&weight.value), ReferenceAdamW::new(&bias.value), ReferenceAdamW::new(&table.value)];
+    let mut adamw = AdamW::new(config.clone());
+    for (t, lr_scale) in [1.0f32, 0.5, 0.25, 1.0, 0.1, 0.7].into_iter().enumerate() {
+        let grads: Vec<Tensor> = [&weight, &bias, &table].iter().map(|p| randn(p.value.shape(), &mut rng)).collect();
+        let tape = tape_with_grads(&[&weight, &bias, &table], grads.iter().cloned().map(Grad::Dense).collect());
+        adamw.step(&mut [&mut weight, &mut bias, &mut table], &tape, lr_scale);
+        let s = f64::from(lr_scale);
+        let (lr, table_lr, wd) =
+            (f64::from(config.lr) * s, f64::from(config.table_lr) * s, f64::from(config.weight_decay));
+        let settings = [(lr, wd), (lr, 0.0), (table_lr, 0.0)];
+        for ((reference, g), (lr, decay)) in refs.iter_mut().zip(&grads).zip(settings) {
+            reference.step(0..g.numel(), g.data(), t as u64 + 1, lr, decay, &config);
+        }
+    }
+    assert_eq!(adamw.step_count(), 6);
+    for (param, reference) in [&weight, &bias, &table].iter().zip(&refs) {
+        assert_close(param.value.data(), &reference.p, 2e-6, &param.name);
+        let (m, v) = adamw.moments(&param.name).unwrap();
+        assert_close(m.data(), &reference.m, 2e-6, "m");
+        assert_close(v.data(), &reference.v, 2e-6, "v");
+    }
+}
+
+#[test]
+fn weight_decay_applies_to_weight_params_only() {
+    // With zero gradients Adam's step is 0/(0 + ε) = 0: only decoupled decay can move a parameter.
+    let config = AdamWConfig { lr: 0.1, weight_decay: 0.5, table_lr: 0.1, ..AdamWConfig::default() };
+    let mut rng = Rng::new(2);
+    let mut weight = Param::new("w", ParamKind::Weight, randn(&[2, 3], &mut rng));
+    let mut norm = Param::new("norm", ParamKind::NoDecay, randn(&[3], &mut rng));
+    let mut table = Param::new("table", ParamKind::Table, randn(&[5, 3], &mut rng));
+    let (w0, n0, t0) = (weight.value.clone(), norm.value.clone(), table.value.clone());
+    let mut adamw = AdamW::new(config);
+    for _ in 0..3 {
+        let grads = vec![
+            Grad::Dense(Tensor::zeros(&[2, 3])),
+            Grad::Dense(Tensor::zeros(&[3])),
+            Grad::Rows(RowGrad::new(&[5, 3], vec![1, 3], vec![0.0; 6])),
+        ];
+        let tape = tape_with_grads(&[&weight, &norm, &table], grads);
+        adamw.step(&mut [&mut weight, &mut norm, &mut table], &tape, 1.0);
+    }
+    let shrink = (1.0f32 - 0.1 * 0.5).powi(3);
+    for (w, w0) in weight.value.data().iter().zip(w0.data()) {
+        assert!((w - w0 * shrink).abs() < 1e-6, "{w} vs {}", w0 * shrink);
+    }
+    assert_eq!(norm.value, n0);
+    assert_eq!(table.value, t0);
+}
+
+/// Rows `rows` of a `[n, width]` tensor, as a `[rows.len(), width]` tensor.
+fn select_rows(t: &Tensor, rows: &[usize]) -> Tensor {
+    let width = t.last_dim();
+    let data = rows.iter().flat_map(|&r| t.data()[r * width..(r + 1) * width].to_vec()).collect();
+    Tensor::from_vec(&[rows.len(), width], data)
+}
+
+#[test]
+fn lazy_sparse_rows_equal_dense_adam_on_those_rows() {
+    let config = AdamWConfig { lr: 0.05, table_lr: 0.1, ..AdamWConfig::default() };
+    let (num_rows, width) = (8, 4);
+    let touched = [1usize, 4, 6];
+    let mut rng = Rng::new(3);
+    let mut table = Param::new("table", ParamKind::Table, randn(&[num_rows, width], &mut rng));
+    let mut reference = Param::new("table", ParamKind::Table, select_rows(&table.value, &touched));
+    let (mut sparse, mut dense) = (AdamW::new(config.clone()), AdamW::new(config));
+
+    // Step 1 touches every row, so untouched rows have non-zero moments that must then stay put.
+    let full = randn(&[num_rows, width], &mut rng);
+    let tape = tape_with_grads(&[&table], vec![Grad::Dense(full.clone())]);
+    sparse.step(&mut [&mut table], &tape, 1.0);
+    let tape = tape_with_grads(&[&reference], vec![Grad::Dense(select_rows(&full, &touched))]);
+    dense.step(&mut [&mut reference], &tape, 1.0);
+    let after_first = table.value.clone();
+    let (m_first, v_first) = sparse.moments("table").map(|(m, v)| (m.clone(), v.clone())).unwrap();
+
+    for _ in 0..4 {
+        // Duplicated ids in scrambled order, as a gather's backward produces them.
+        let ids = vec![4u32, 1, 4, 6, 1, 4];
+        let values: Vec<f32> = (0..ids.len() * width).map(|_| rng.normal() as f32).collect();
+        let mut rows = RowGrad::new(&[num_rows, width], ids, values);
+        let tape = tape_with_grads(&[&table], vec![Grad::Rows(rows.clone())]);
+        sparse.step(&mut [&mut table], &tape, 0.5);
+        rows.coalesce();
+        let coalesced = Tensor::from_vec(&[touched.len(), width], rows.values.clone());
+        let tape = tape_with_grads(&[&reference], vec![Grad::Dense(coalesced)]);
+        dense.step(&mut [&mut reference], &tape, 0.5);
+    }
+
+    let (m, v) = sparse.moments("table").unwrap();
+    let (ref_m, ref_v) = dense.moments("table").unwrap();
+    assert_eq!(select_rows(&table.value, &touched), reference.value, "touched rows");
+    assert_eq!(&select_rows(m, &touched), ref_m, "touched first moments");
+    assert_eq!(&select_rows(v, &touched), ref_v, "touched second moments");
+    let untouched = [0usize, 2, 3, 5, 7];
+    for (now, then) in [(&table.value, &after_first), (m, &m_first), (v, &v_first)] {
+        let (now, then) = (select_rows(now, &untouched), select_rows(then, &untouched));
+        let bits = |t: &Tensor| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&now), bits(&then), "untouched rows changed");
+    }
+}
+
+#[test]
+fn lazy_sparse_bias_correction_uses_the_global_step() {
+    // Row 2 is first read at step 3: its moments start from zero but are corrected with t = 3.
+    let config = AdamWConfig { lr: 0.1, beta1: 0.5, beta2: 0.7, eps: 1e-3, weight_decay: 0.0, table_lr: 0.1 };
+    let width = 3;
+    let mut rng = Rng::new(4);
+    let mut table = Param::new("table", ParamKind::Table, randn(&[4, width], &mut rng));
+    let mut reference = ReferenceAdamW::new(&table.value);
+    let mut adamw = AdamW::new(config.clone());
+    for (t, ids) in [vec![0u32], vec![0, 1], vec![2, 1], vec![2]].into_iter().enumerate() {
+        let values: Vec<f32> = (0..ids.len() * width).map(|_| rng.normal() as f32).collect();
+        for (k, &row) in ids.iter().enumerate() {
+            let row = row as usize;
+            let g = &values[k * width..(k + 1) * width];
+            reference.step(row * width..(row + 1) * width, g, t as u64 + 1, 0.1, 0.0, &config);
+        }
+        let tape = tape_with_grads(&[&table], vec![Grad::Rows(RowGrad::new(&[4, width], ids, values))]);
+        adamw.step(&mut [&mut table], &tape, 1.0);
+    }
+    assert_close(table.value.data(), &reference.p, 2e-6, "table");
+}
+
+#[test]
+fn row_sparse_and_dense_gradients_clip_to_the_same_norm() {
+    let mut rng = Rng::new(5);
+    let weight = Param::new("w", ParamKind::Weight, randn(&[3, 4], &mut rng));
+    let table = Param::new("table", ParamKind::Table, randn(&[10, 4], &mut rng));
+    let ids = vec![7u32, 2, 7, 7, 0];
+    let values: Vec<f32> = (0..ids.len() * 4).map(|_| rng.normal() as f32).collect();
+    let rows = RowGrad::new(&[10, 4], ids, values);
+    let dense_w = randn(&[3, 4], &mut rng);
+    let mut sparse_tape =
+        tape_with_grads(&[&weight, &table], vec![Grad::Dense(dense_w.clone()), Grad::Rows(rows.clone())]);
+    let mut dense_tape =
+        tape_with_grads(&[&weight, &table], vec![Grad::Dense(dense_w.clone()), Grad::Dense(rows.to_dense())]);
+
+    let expected: f64 = dense_w.data().iter().chain(rows.to_dense().data()).map(|&x| f64::from(x).powi(2)).sum();
+    let sparse_norm = clip_grad_norm(&[&weight, &table], &mut sparse_tape, 1.0);
+    let dense_norm = clip_grad_norm(&[&weight, &table], &mut dense_tape, 1.0);
+    assert!((sparse_norm - expected.sqrt()).abs() < 1e-9 * expected.sqrt(), "{sparse_norm} vs {}", expected.sqrt());
+    assert!((sparse_norm - dense_norm).abs() < 1e-9 * dense_norm);
+    assert!(sparse_norm > 1.0, "the test must actually clip");
+
+    // After clipping both tapes hold the same gradients, with global norm 1.
+    let clipped_rows = sparse_tape.grad(&table).unwrap().to_dense();
+    let clipped_dense = dense_tape.grad(&table).unwrap().to_dense();
+    for (a, b) in clipped_rows.data().iter().zip(clipped_dense.data()) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    let after = clip_grad_norm(&[&weight, &table], &mut sparse_tape, 1.0);
+    assert!((after - 1.0).abs() < 1e-5, "norm after clipping {after}");
+}
+
+#[test]
+fn clipping_below_the_bound_changes_nothing() {
+    let mut rng = Rng::new(6);
+    let weight = Param::new("w", ParamKind::Weight, randn(&[2, 2], &mut rng));
+    let grad = randn(&[2, 2], &mut rng);
+    let mut tape = tape_with_grads(&[&weight], vec![Grad::Dense(grad.clone())]);
+    let norm = clip_grad_norm(&[&weight, &weight], &mut tape, 100.0); // listed twice: counted once
+    let expected: f64 = grad.data().iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - expected).abs() < 1e-9);
+    assert_eq!(tape.grad(&weight).unwrap().to_dense(), grad);
+}
+
+/// A few clipped AdamW steps on a large dense weight and a large table, returning everything they
+/// produce, bit for bit.
+fn run_steps() -> (Vec<u32>, Vec<u64>) {
+    let mut rng = Rng::new(7);
+    let mut weight = Param::new("w", ParamKind::Weight, randn(&[300, 333], &mut rng));
+    let mut table = Param::new("table", ParamKind::Table, randn(&[5000, 16], &mut rng));
+    let mut adamw = AdamW::new(AdamWConfig::default());
+    let mut norms = Vec::new();
+    for _ in 0..3 {
+        let ids: Vec<u32> = (0..4000).map(|_| rng.below(5000) as u32).collect();
+        let values: Vec<f32> = (0..ids.len() * 16).map(|_| rng.normal() as f32).collect();
+        let grads = vec![Grad::Dense(randn(&[300, 333], &mut rng)), Grad::Rows(RowGrad::new(&[5000, 16], ids, values))];
+        let mut tape = tape_with_grads(&[&weight, &table], grads);
+        norms.push(clip_grad_norm(&[&weight, &table], &mut tape, 10.0).to_bits());
+        adamw.step(&mut [&mut weight, &mut table], &tape, 1.0);
+    }
+    let (m, v) = adamw.moments("table").unwrap();
+    let bits =
+        [weight.value.data(), table.value.data(), m.data(), v.data()].concat().iter().map(|x| x.to_bits()).collect();
+    (bits, norms)
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let on = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run_steps);
+    assert!(on(1) == on(2), "1 and 2 threads disagree");
+}

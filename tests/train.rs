@@ -1,0 +1,148 @@
+//! End to end on the bundled C4 sample: prepare a little data, train a tiny PEER model until its loss falls,
+//! evaluate and sample from the saved checkpoint, and resume a stopped run to the same bits.
+
+use std::path::{Path, PathBuf};
+
+use peerlm::checkpoint::Checkpoint;
+use peerlm::data::{shard, DocumentReader, TokenDataset, Tokenizer};
+use peerlm::model::FfwKind;
+use peerlm::nn::Module;
+use peerlm::sample::{generate, SampleConfig};
+use peerlm::train::{self, RunConfig, RunOptions, Trainer};
+
+const VOCAB: usize = 320;
+
+/// Tokenizer and train/valid shards from the first documents of the bundled sample.
+fn prepare(dir: &Path) -> (Tokenizer, TokenDataset, TokenDataset) {
+    let reader = DocumentReader::open(&[PathBuf::from("datasets/c4/c4-train.00000-of-00001.json.gz")], false).unwrap();
+    let docs: Vec<String> = reader.take(60).map(|d| d.unwrap().text).collect();
+    let tokenizer = Tokenizer::train(&docs[..50], VOCAB).unwrap();
+    let train_path = dir.join("train_000.bin");
+    let valid_path = dir.join("valid_000.bin");
+    shard::write_shard(&train_path, VOCAB as u32, &tokenizer.encode_documents(&docs[..50])).unwrap();
+    shard::write_shard(&valid_path, VOCAB as u32, &tokenizer.encode_documents(&docs[50..])).unwrap();
+    let seq_len = config().model.seq_len;
+    (
+        tokenizer,
+        TokenDataset::open(&[train_path], seq_len).unwrap(),
+        TokenDataset::open(&[valid_path], seq_len).unwrap(),
+    )
+}
+
+fn config() -> RunConfig {
+    let mut config = RunConfig::default();
+    let m = &mut config.model;
+    (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (VOCAB, 32, 32, 2, 2, FfwKind::Peer);
+    m.ffw_blocks = Some(vec![1]);
+    m.dense.d_ff = 64;
+    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (256, 2, 4, 16);
+    m.propagate_d_model();
+    let t = &mut config.train;
+    (t.batch_size, t.steps, t.lr, t.table_lr, t.warmup_steps) = (4, 40, 3e-3, 3e-3, 5);
+    (t.eval_every, t.eval_batches, t.checkpoint_every) = (20, 4, 20);
+    config.validate().unwrap();
+    config
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peerlm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn quiet(out_dir: &Path) -> RunOptions {
+    RunOptions { out_dir: out_dir.to_path_buf(), progress: false }
+}
+
+#[test]
+fn loss_falls_and_the_checkpoint_evaluates_and_samples() {
+    let dir = temp_dir("train");
+    let (tokenizer, train_data, valid_data) = prepare(&dir);
+    let mut trainer = Trainer::new(config()).unwrap();
+    let before = trainer.validate(&valid_data, 4);
+    let summary = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&dir)).unwrap();
+    let after = summary.final_valid_loss.unwrap();
+    assert!(after < before - 0.5, "validation loss went from {before} to {after}");
+    assert!(before > (VOCAB as f64).ln() - 0.5, "an untrained model should be near uniform: {before}");
+
+    let (mut model, _, _) = train::load_model(Checkpoint::load(&summary.checkpoint).unwrap()).unwrap();
+    let report =
+        peerlm::eval::evaluate(&mut model, &valid_data, 4, 4, Some(&|t| tokenizer.token_bytes(t).unwrap().len()));
+    assert!((report.loss - trainer.validate(&valid_data, 4)).abs() < 1e-9, "the checkpoint evaluates like the model");
+    assert!(report.bits_per_byte.unwrap() > 0.0 && report.usage.len() == 1);
+    assert!(report.usage[0].fraction_used > 0.0 && report.usage[0].fraction_used <= 1.0);
+    let prompt = tokenizer.encode("The");
+    let sample_config =
+        SampleConfig { max_new_tokens: 20, temperature: 0.8, top_k: Some(10), seed: 1, stop_token: None };
+    let tokens = generate(&mut model, &prompt, &sample_config, |_| {});
+    assert_eq!(tokens.len(), 20);
+    assert!(tokenizer.decode_bytes(&tokens).is_ok());
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 40);
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_bits() {
+    let dir = temp_dir("resume");
+    let (_, train_data, valid_data) = prepare(&dir);
+    let straight_dir = dir.join("straight");
+    let mut straight = Trainer::new(config()).unwrap();
+    train::run(&mut straight, &train_data, Some(&valid_data), &quiet(&straight_dir)).unwrap();
+
+    // A run of 40 steps stopped after its checkpoint at step 20, then resumed from the file.
+    let resumed_dir = dir.join("resumed");
+    std::fs::create_dir_all(&resumed_dir).unwrap();
+    let mut stopped = Trainer::new(config()).unwrap();
+    let t = stopped.config.train.clone();
+    for step in 0..20 {
+        stopped.train_step(&train_data.train_batch(t.seed, step, t.batch_size)).unwrap();
+    }
+    let path = resumed_dir.join("checkpoint.safetensors");
+    stopped.to_checkpoint().save(&path).unwrap();
+    drop(stopped);
+    let mut resumed = Trainer::from_checkpoint(Checkpoint::load(&path).unwrap()).unwrap();
+    assert_eq!(resumed.step_count(), 20);
+    train::run(&mut resumed, &train_data, Some(&valid_data), &quiet(&resumed_dir)).unwrap();
+
+    let expected = straight.model.params();
+    let got = resumed.model.params();
+    assert_eq!(expected.len(), got.len());
+    for (a, b) in expected.iter().zip(&got) {
+        assert_eq!(a.name, b.name);
+        assert!(a.value == b.value, "{} differs after resuming", a.name);
+    }
+    assert_eq!(straight.model.buffers(), resumed.model.buffers());
+}
+
+#[test]
+fn a_truncated_checkpoint_is_refused() {
+    let dir = temp_dir("truncated");
+    let trainer = Trainer::new(config()).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    trainer.to_checkpoint().save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    assert!(Checkpoint::load(&path).is_err());
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
+    let dir = temp_dir("nan");
+    let (_, train_data, valid_data) = prepare(&dir);
+    let mut trainer = Trainer::new(config()).unwrap();
+    trainer.config.train.steps = 20;
+    train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&dir)).unwrap();
+    let saved = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+    for param in trainer.model.params_mut() {
+        param.value.data_mut().iter_mut().for_each(|x| *x = f32::NAN);
+    }
+    trainer.config.train.steps = 40;
+    let error = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&dir)).unwrap_err();
+    assert!(error.0.contains("NaN") && error.0.contains("checkpoint"), "{error}");
+    assert_eq!(
+        std::fs::read(dir.join("checkpoint.safetensors")).unwrap(),
+        saved,
+        "the good checkpoint was overwritten"
+    );
+}
