@@ -20,9 +20,10 @@ use super::Float;
 
 /// Below this many flops (2·m·n·k) a block is not worth a rayon task (~0.03 ms of one core).
 const MIN_TASK_FLOPS: usize = 4 << 20;
-/// At most this many blocks per product: two per core on this 2-core machine, so a core slowed by other
-/// work can hand a block to the other, while the shared operand is re-packed only a few times.
-const MAX_BLOCKS: usize = 4;
+/// At most this many blocks per product: one per core of a 2-core machine. Measured on the LM shapes
+/// (docs/PERFORMANCE.md): 4 blocks ran at 77–96 GFLOP/s, 2 blocks at 115–125, because every extra block
+/// re-packs the shared operand and shrinks the panels matrixmultiply's kernel streams through.
+const MAX_BLOCKS: usize = 2;
 /// Block edges fall on multiples of this, so blocks hold whole micro-kernel tiles.
 const BLOCK_ALIGN: usize = 32;
 
