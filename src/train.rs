@@ -246,7 +246,7 @@ impl Trainer {
         let optimizer_step: u64 = restored.meta("optimizer_step")?.parse().map_err(|e| bad("optimizer_step", e))?;
         let mut trainer = Trainer::new(restored.config.clone())?;
         let mut tensors = restored.tensors;
-        trainer.model = model_from(&restored.config, &mut tensors)?;
+        load_weights(&mut trainer.model, &mut tensors)?;
         let optimizer_state: Vec<(String, Tensor<f32>)> = tensors.into_iter().collect();
         trainer
             .optimizer
@@ -264,7 +264,8 @@ pub type Metadata = BTreeMap<String, String>;
 /// The model, config and metadata of a checkpoint, without the optimizer state (for `eval`, `sample`).
 pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metadata), TrainError> {
     let mut restored = Restored::new(checkpoint)?;
-    let model = model_from(&restored.config, &mut restored.tensors)?;
+    let mut model = Gpt::new(&restored.config.model, restored.config.train.seed);
+    load_weights(&mut model, &mut restored.tensors)?;
     Ok((model, restored.config, restored.metadata))
 }
 
@@ -305,9 +306,8 @@ fn bad(key: &str, error: impl fmt::Display) -> TrainError {
     TrainError(format!("checkpoint: metadata \"{key}\": {error}"))
 }
 
-/// Builds the model of `config` and moves its weights and running statistics out of `tensors`.
-fn model_from(config: &RunConfig, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<Gpt<f32>, TrainError> {
-    let mut model = Gpt::new(&config.model, config.train.seed);
+/// Moves the model's weights and running statistics out of `tensors` into `model`.
+fn load_weights(model: &mut Gpt<f32>, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<(), TrainError> {
     for param in model.params_mut() {
         let value = tensors
             .remove(&param.name)
@@ -322,8 +322,7 @@ fn model_from(config: &RunConfig, tensors: &mut BTreeMap<String, Tensor<f32>>) -
         }
         param.value = value;
     }
-    model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))?;
-    Ok(model)
+    model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))
 }
 
 /// Where a run writes and what it prints.

@@ -213,8 +213,7 @@ impl<T: Float> Moe<T> {
 
     /// Starts (with zero counts) or stops counting expert selections; turning it on again keeps the counts.
     pub fn track_usage(&mut self, on: bool) {
-        self.usage =
-            if on { self.usage.take().or_else(|| Some(ExpertUsage::new(self.config.num_experts))) } else { None };
+        ExpertUsage::switch(&mut self.usage, on, self.config.num_experts);
     }
 
     pub fn usage(&self) -> Option<&ExpertUsage> {

@@ -153,8 +153,7 @@ impl<T: Float> Pkm<T> {
 
     /// Starts (with zero counts) or stops counting slot selections; turning it on again keeps the counts.
     pub fn track_usage(&mut self, on: bool) {
-        self.usage =
-            if on { self.usage.take().or_else(|| Some(ExpertUsage::new(self.config.num_slots()))) } else { None };
+        ExpertUsage::switch(&mut self.usage, on, self.config.num_slots());
     }
 
     pub fn usage(&self) -> Option<&ExpertUsage> {

@@ -12,6 +12,12 @@ pub struct ExpertUsage {
 }
 
 impl ExpertUsage {
+    /// A layer's counter switch: starts counting in `slot` (from zero, or keeping the counts if it is already
+    /// on) or stops and drops the counts.
+    pub fn switch(slot: &mut Option<ExpertUsage>, on: bool, num_experts: usize) {
+        *slot = if on { slot.take().or_else(|| Some(ExpertUsage::new(num_experts))) } else { None };
+    }
+
     /// Zero counts for `num_experts` experts.
     pub fn new(num_experts: usize) -> Self {
         ExpertUsage { counts: vec![0; num_experts] }
