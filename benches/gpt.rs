@@ -18,6 +18,8 @@ use peerlm::Rng;
 const CONFIGS: [&str; 2] = ["dense", "peer_512sq"];
 
 fn main() {
+    // As the command-line tool does: freed step buffers stay in the heap (kernels/memory.rs).
+    peerlm::kernels::memory::retain_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if let [flag, name] = &args[..] {
         if flag == "--config" {

@@ -29,6 +29,8 @@ const CONFIGS: [(&str, usize, usize); 6] = [
 type Step = Box<dyn FnMut(&mut Tape<f32>, &Var<f32>) -> FfwOut<f32>>;
 
 fn main() {
+    // As the command-line tool does: freed step buffers stay in the heap (kernels/memory.rs).
+    peerlm::kernels::memory::retain_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if let [flag, name] = &args[..] {
         if flag == "--config" {

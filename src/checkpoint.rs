@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::data::atomic_file::AtomicFile;
+use crate::kernels::memory;
 use crate::tensor::Tensor;
 
 /// Named f32 tensors and string metadata.
@@ -133,8 +134,10 @@ impl Checkpoint {
         let tensors = spans
             .into_iter()
             .map(|(begin, end, name, shape)| {
-                let values = data[begin..end].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                (name, Tensor::from_vec(&shape, values.collect()))
+                let mut values = data[begin..end].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                // Through kernels::memory, so a restored expert table lands on huge pages as a fresh one does.
+                let values = memory::vec_from_fn((end - begin) / 4, || values.next().expect("span holds whole f32s"));
+                (name, Tensor::from_vec(&shape, values))
             })
             .collect();
         Ok(Checkpoint { tensors, metadata })

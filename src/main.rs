@@ -6,6 +6,8 @@ use std::process::ExitCode;
 mod cli;
 
 fn main() -> ExitCode {
+    // Training frees and reallocates the same large buffers every step: keep them (kernels/memory.rs).
+    peerlm::kernels::memory::retain_freed_buffers();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

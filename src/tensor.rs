@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::kernels::Float;
+use crate::kernels::{memory, Float};
 use crate::rng::Rng;
 
 #[derive(Clone, Debug)]
@@ -35,8 +35,7 @@ impl<T: Float> Tensor<T> {
     }
 
     pub fn full(shape: &[usize], value: T) -> Self {
-        let numel = shape.iter().product();
-        Self::from_vec(shape, vec![value; numel])
+        Self::from_vec(shape, memory::vec_from_fn(shape.iter().product(), || value))
     }
 
     pub fn scalar(value: T) -> Self {
@@ -45,14 +44,13 @@ impl<T: Float> Tensor<T> {
 
     /// Independent normal entries with the given standard deviation.
     pub fn randn(shape: &[usize], std: f64, rng: &mut Rng) -> Self {
-        let numel = shape.iter().product();
-        Self::from_vec(shape, (0..numel).map(|_| T::from_f64(std * rng.normal())).collect())
+        Self::from_vec(shape, memory::vec_from_fn(shape.iter().product(), || T::from_f64(std * rng.normal())))
     }
 
     /// Independent entries uniform in [lo, hi).
     pub fn uniform(shape: &[usize], lo: f64, hi: f64, rng: &mut Rng) -> Self {
-        let numel = shape.iter().product();
-        Self::from_vec(shape, (0..numel).map(|_| T::from_f64(lo + (hi - lo) * rng.uniform())).collect())
+        let sample = || T::from_f64(lo + (hi - lo) * rng.uniform());
+        Self::from_vec(shape, memory::vec_from_fn(shape.iter().product(), sample))
     }
 
     pub fn shape(&self) -> &[usize] {

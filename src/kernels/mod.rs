@@ -6,6 +6,7 @@
 
 pub mod float;
 pub mod gemm;
+pub mod memory;
 pub mod peer;
 pub mod row_groups;
 pub mod topk;

@@ -85,9 +85,8 @@ struct Moments {
 
 impl Moments {
     fn zeros(shape: &[usize]) -> Self {
-        let numel = shape.iter().product();
-        // `vec![0.0; n]` asks the allocator for zeroed memory: fresh pages, faulted in on first write.
-        Moments { m: Tensor::from_vec(shape, vec![0.0; numel]), v: Tensor::from_vec(shape, vec![0.0; numel]) }
+        // Large moments land on huge pages (kernels/memory.rs): the lazy update reads random rows of them.
+        Moments { m: Tensor::zeros(shape), v: Tensor::zeros(shape) }
     }
 }
 

@@ -28,9 +28,14 @@ use rayon::prelude::*;
 
 use super::adamw::{adam_update, AdamCoefficients};
 use crate::grad::RowGrad;
+use crate::kernels::memory::prefetch_row;
 
-/// Rows per rayon task at least: a row is only `width` elements, too little work to schedule alone.
-const MIN_ROWS_PER_TASK: usize = 64;
+/// Rows per rayon task: a row is only `width` elements, too little work to schedule alone.
+const ROWS_PER_TASK: usize = 64;
+
+/// How many touched rows ahead a task prefetches p, m and v: the rows are scattered over tables of up
+/// to a gigabyte, so each one is a cache miss that the prefetch starts early.
+const PREFETCH_AHEAD: usize = 2;
 
 /// One distinct touched row: its slices of the parameter and the moments, and where its gradient rows
 /// are in the sorted position list.
@@ -46,26 +51,35 @@ struct TouchedRow<'a> {
 pub(super) fn update_rows(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &RowGrad<f32>, c: &AdamCoefficients) {
     let width = grad.width();
     let sorted = sorted_positions(&grad.rows);
-    let touched = touched_rows(p, m, v, width, &sorted);
+    let mut touched = touched_rows(p, m, v, width, &sorted);
     let values = &grad.values;
     let row_grad = |key: u64| {
         let position = (key & u64::from(u32::MAX)) as usize;
         &values[position * width..(position + 1) * width]
     };
-    touched.into_par_iter().with_min_len(MIN_ROWS_PER_TASK).for_each_init(
-        || vec![0.0f32; width],
-        |sum, row| match &sorted[row.positions] {
-            [only] => adam_update(row.p, row.m, row.v, row_grad(*only), c),
-            [first, rest @ ..] => {
-                sum.copy_from_slice(row_grad(*first));
-                for &key in rest {
-                    sum.iter_mut().zip(row_grad(key)).for_each(|(s, &g)| *s += g);
-                }
-                adam_update(row.p, row.m, row.v, sum, c);
+    touched.par_chunks_mut(ROWS_PER_TASK).for_each(|rows| {
+        let mut sum = vec![0.0f32; width];
+        for i in 0..rows.len() {
+            if let Some(ahead) = rows.get(i + PREFETCH_AHEAD) {
+                prefetch_row(ahead.p);
+                prefetch_row(ahead.m);
+                prefetch_row(ahead.v);
+                prefetch_row(row_grad(sorted[ahead.positions.start]));
             }
-            [] => unreachable!("a touched row has at least one gradient row"),
-        },
-    );
+            let row = &mut rows[i];
+            match &sorted[row.positions.clone()] {
+                [only] => adam_update(row.p, row.m, row.v, row_grad(*only), c),
+                [first, rest @ ..] => {
+                    sum.copy_from_slice(row_grad(*first));
+                    for &key in rest {
+                        sum.iter_mut().zip(row_grad(key)).for_each(|(s, &g)| *s += g);
+                    }
+                    adam_update(row.p, row.m, row.v, &sum, c);
+                }
+                [] => unreachable!("a touched row has at least one gradient row"),
+            }
+        }
+    });
 }
 
 /// Keys `row id << 32 | position`, sorted: the gradient rows of one table row become adjacent, in the
@@ -119,7 +133,7 @@ mod tests {
         let (mut p, mut m, mut v) = (vec![0.0f32; 12], vec![0.0f32; 12], vec![0.0f32; 12]);
         p.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
         let keys = sorted_positions(&[3, 1, 3]);
-        let touched = touched_rows(&mut p, &mut m, &mut v, 3, &keys);
+        let mut touched = touched_rows(&mut p, &mut m, &mut v, 3, &keys);
         let firsts: Vec<(f32, Range<usize>)> = touched.into_iter().map(|r| (r.p[0], r.positions)).collect();
         assert_eq!(firsts, vec![(3.0, 0..1), (9.0, 1..3)]);
     }

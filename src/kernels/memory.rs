@@ -1,0 +1,154 @@
+//! How the engine asks the operating system for memory: large buffers on huge pages, freed buffers kept
+//! for the next step.
+//!
+//! Two facts of Linux and glibc shape a training step's speed as much as any arithmetic loop:
+//!
+//! - **Freed buffers go back to the OS.** A step allocates the same activations and gradients as the step
+//!   before and frees them when its tape is cleared. glibc serves a block above its mmap threshold (128 KiB
+//!   at first, raised on the fly up to 32 MiB) with a fresh `mmap`, returns it with `munmap`, and trims
+//!   the top of its heap whenever more than 128 KiB is free there. The next step then page-faults the same
+//!   amount of memory in again, and the kernel zeroes every page. [`retain_freed_buffers`] turns
+//!   mmap off for the heap's blocks (even a 32 MiB threshold would leave the largest ones, the logits
+//!   and PEER's row gradients, on mmap) and turns trimming off, so a freed block stays in the heap and the
+//!   next step reuses it. On the tiny GPT of `benches/gpt.rs` this cut kernel time from about 4 s to
+//!   about 0.5 s and raised dense training from ~2,050 to ~3,000 tokens/s (docs/PERFORMANCE.md). The cost
+//!   is that the process keeps its peak heap until it exits, which a training process does anyway.
+//! - **Random rows miss the TLB.** PEER reads a few hundred thousand random 1 KiB rows of tables of up
+//!   to 1 GiB per step (expert tables, their gradients' moments). With 4 KiB pages nearly every row costs
+//!   a page-table walk. [`vec_from_fn`] asks for transparent huge pages (2 MiB) on every buffer of at
+//!   least [`HUGE_PAGE_MIN_BYTES`], before anything is written, so the pages are huge from the first
+//!   fault. This works when `/sys/kernel/mm/transparent_hugepage/enabled` is `madvise` (most
+//!   distributions' default) or `always`; with `never` it is a no-op.
+//!
+//! Both are hints: if the platform lacks them, the engine computes the same numbers, only slower.
+
+/// Buffers from this size up are advised onto huge pages: below it, a 2 MiB page would mostly hold
+/// other allocations' memory.
+pub const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+
+/// The size of an x86-64 (and common aarch64) transparent huge page.
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// glibc's largest allowed mmap threshold on 64-bit targets (`HEAP_MAX_SIZE / 2`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_MAX_MMAP_THRESHOLD: libc::c_int = 32 << 20;
+
+/// Tells glibc's allocator to keep freed memory for reuse instead of handing it back to the OS (see the
+/// module comment). Call it once at the start of a program that trains; it affects the whole process.
+/// Returns whether the allocator accepted the settings (always `false` off Linux/glibc).
+pub fn retain_freed_buffers() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes glibc's allocator parameters; it takes two integers, touches no
+        // memory of ours and is safe to call at any time from any thread.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+/// A vector of `len` elements made by calling `element` in order, whose pages are advised to be huge
+/// if it takes at least [`HUGE_PAGE_MIN_BYTES`] (see the module comment).
+pub fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
+    let mut data = Vec::with_capacity(len);
+    advise_huge_pages(data.spare_capacity_mut());
+    data.extend(std::iter::repeat_with(element).take(len));
+    data
+}
+
+/// Advises the kernel to back the 2 MiB-aligned part of `buffer` with huge pages. Only whole aligned
+/// huge pages inside the buffer are named, so the advice never reaches memory that is not ours.
+fn advise_huge_pages<T>(buffer: &mut [T]) {
+    let bytes = std::mem::size_of_val(buffer);
+    if bytes < HUGE_PAGE_MIN_BYTES {
+        return;
+    }
+    let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE_PAGE_BYTES);
+    let end = (buffer.as_ptr() as usize + bytes) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    #[cfg(target_os = "linux")]
+    if start < end {
+        // SAFETY: [start, end) lies inside `buffer`, which we borrow mutably, and is page-aligned as
+        // madvise requires. MADV_HUGEPAGE changes how the range is backed, never its contents; an error
+        // (for example THP compiled out of the kernel) only leaves the range on small pages.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (start, end);
+}
+
+/// Hints the CPU to start loading every cache line of `row`, which the caller will read soon: a loop
+/// over random table rows issues this a few rows ahead, so the memory latency of the next rows overlaps
+/// with the arithmetic on the current one. A no-op off x86-64.
+#[inline(always)]
+pub fn prefetch_row<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let base = row.as_ptr() as *const i8;
+        for offset in (0..std::mem::size_of_val(row)).step_by(64) {
+            // SAFETY: prefetch is only a hint, it never faults, and `base + offset` stays inside `row`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vec_from_fn_fills_in_order_at_every_size() {
+        for len in [0, 1, 1000, HUGE_PAGE_MIN_BYTES / 4 + 3] {
+            let mut next = 0u32;
+            let data = vec_from_fn(len, || {
+                next += 1;
+                next
+            });
+            assert_eq!(data.len(), len);
+            assert!(data.iter().enumerate().all(|(i, &x)| x as usize == i + 1));
+        }
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_accepts_the_settings() {
+        assert!(retain_freed_buffers());
+        // Memory freed after the change is still usable and correct when allocated again.
+        let first = vec_from_fn(HUGE_PAGE_MIN_BYTES, || 7u8);
+        drop(first);
+        let second = vec_from_fn(HUGE_PAGE_MIN_BYTES, || 9u8);
+        assert!(second.iter().all(|&x| x == 9));
+    }
+
+    /// The `VmFlags` line of the mapping in `/proc/self/smaps` that holds `address`.
+    #[cfg(target_os = "linux")]
+    fn vm_flags_of(address: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in maps.lines() {
+            let range = line.split(' ').next().and_then(|r| r.split_once('-'));
+            if let Some((Ok(lo), Ok(hi))) = range.map(|(lo, hi)| (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))) {
+                inside = lo <= address && address < hi;
+            } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+                return Some(flags.to_string());
+            }
+        }
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn large_buffers_are_advised_huge() {
+        let large = vec_from_fn(4 * HUGE_PAGE_MIN_BYTES, || 1u8);
+        let flags = vm_flags_of(large.as_ptr() as usize + HUGE_PAGE_MIN_BYTES).expect("the buffer is mapped");
+        assert!(flags.split_whitespace().any(|f| f == "hg"), "no MADV_HUGEPAGE flag (`hg`) in {flags:?}");
+    }
+}
