@@ -36,6 +36,8 @@ pub trait SimdVec<T>:
     fn reduce_add(self) -> T;
     /// Largest lane.
     fn reduce_max(self) -> T;
+    /// Bit i set where lane i of `self` is greater than lane i of `other` (false whenever either is NaN).
+    fn gt_mask(self, other: Self) -> u32;
 }
 
 /// A floating-point element type: `f32` or `f64`.
@@ -148,6 +150,10 @@ macro_rules! impl_float {
             fn reduce_max(self) -> $t {
                 self.as_array().iter().copied().fold($t::NEG_INFINITY, $t::max)
             }
+            #[inline(always)]
+            fn gt_mask(self, other: Self) -> u32 {
+                wide::$simd::simd_gt(self, other).to_bitmask()
+            }
         }
 
         impl Float for $t {
@@ -240,6 +246,23 @@ mod tests {
     fn simd_load_store_reduce() {
         lanes_roundtrip::<f32>();
         lanes_roundtrip::<f64>();
+    }
+
+    fn gt_mask_lanes<T: Float>() {
+        let xs: Vec<T> = (0..T::LANES).map(|i| T::from_usize(i % 3)).collect();
+        let mut with_nan = xs.clone();
+        with_nan[1] = T::from_f64(f64::NAN);
+        let want = |row: &[T]| (0..T::LANES).filter(|&i| row[i] > T::ONE).fold(0u32, |m, i| m | 1 << i);
+        let one = T::Simd::splat(T::ONE);
+        assert_eq!(T::Simd::load(&xs).gt_mask(one), want(&xs));
+        assert_eq!(T::Simd::load(&with_nan).gt_mask(one), want(&with_nan));
+        assert_eq!(one.gt_mask(T::Simd::splat(T::from_f64(f64::NAN))), 0);
+    }
+
+    #[test]
+    fn simd_gt_mask_per_lane_and_false_on_nan() {
+        gt_mask_lanes::<f32>();
+        gt_mask_lanes::<f64>();
     }
 
     #[test]

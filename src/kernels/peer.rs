@@ -9,31 +9,52 @@
 //! ```
 //!
 //! Written with tensors this would gather a `[T, m, d]` block of u rows and another of v rows, hundreds of
-//! megabytes per batch. Here the loops read each expert's rows straight from the tables instead: one SIMD
-//! dot product and one SIMD axpy per (token, expert), and only the pre-activations `h` (`[T, m]`) are
-//! kept for backward. The backward is two passes:
+//! megabytes per batch. Here the loops read each expert's rows straight from the tables instead, with SIMD
+//! dot products and axpys, and only the pre-activations `h` are kept for backward.
 //!
-//! 1. over tokens (in parallel): with `vg = v[id]·dout[t]`,
-//!    `dgate = σ(h)·vg`, `dh = g·σ'(h)·vg`, `dx[t] += dh·u[id]`;
-//! 2. over distinct experts (in parallel, see [`super::row_groups`]):
-//!    `du[id] = Σ dh·x[t]`, `dv[id] = Σ g·σ(h)·dout[t]` over the tokens that read `id`.
+//! **Expert order.** The tables are far larger than the caches (256 MiB each at N = 512², d = 256).
+//! Visiting the pairs token by token reads 2 KiB of u and v from a random place in memory per pair, which
+//! is latency-bound. The loops instead walk the distinct experts in ascending id (the occurrences grouped
+//! by [`RowGroups`]), so each expert's rows are read once, in table order, and the randomly visited rows
+//! are the token rows (`x`, `dout`: a few MiB, mostly in cache). Each walk keeps one token-side array in
+//! play, so that fewer random rows compete for the cache:
 //!
-//! Every sum has a fixed order, so results are bit-identical on any number of threads. Memory is
-//! O(T·m + T·d + distinct·d): still never `[T, m, d]`.
+//! - forward: (1) `h = u[id]·x[t]` for every occurrence (t, j) of expert id; (2) the gate-weighted
+//!   activations `w = g·σ(h)`, on SIMD vectors (σ's tanh was half the arithmetic as a scalar call);
+//!   (3) `out[t] += w·v[id]`;
+//! - backward, with `vg = v[id]·dout[t]`: (1) `dgate = σ(h)·vg`, `dh = g·σ'(h)·vg`,
+//!   `dv[id] += g·σ(h)·dout[t]`; (2) `dx[t] += dh·u[id]`; (3) `du[id] += dh·x[t]`.
+//!
+//! Measured on the op alone (m = 128, d = 256, 2 threads, page faults excluded) against the token-order
+//! loops: N = 512², 4096 tokens: forward ~220 → ~90 ms, backward ~390 → ~200 ms; N = 1024², 1024 tokens:
+//! forward ~65 → ~46 ms, backward ~120 → ~84 ms. Grouping the ids (~15 ms at 512², 4096 tokens) was part
+//! of the old backward and now comes before the forward.
+//!
+//! **Determinism.** A per-token sum (`out[t]`, `dx[t]`) collects from many experts, so the table is cut
+//! into a fixed number of equal id ranges ([`EXPERT_CHUNKS`]), run in parallel, each into its own `[T, d]`
+//! partial sum; the partials are added in chunk order. The order of a token's sum then depends on its own
+//! expert ids only: results are bit-identical on any number of threads, and a token's output never depends
+//! on the other tokens in the batch, not even in the last bit (the layer stays exactly causal). Cutting at
+//! equal occurrence counts instead would balance the chunks better but let one token's choice move the
+//! chunk boundaries, and with them the rounding of the others' sums. Memory is
+//! O(T·m + EXPERT_CHUNKS·T·d + distinct·d): still never `[T, m, d]`.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::row_groups::RowGroups;
 use super::{Float, SimdVec};
 
-/// Tokens per parallel work item: enough to amortise rayon's overhead, few enough to balance 2+ cores.
-const TOKEN_BLOCK: usize = 16;
+/// Parallel work items: equal id ranges of the expert table, each with its own `[T, d]` partial sum of
+/// the per-token output (forward) or input gradient (backward), added up in chunk order at the end.
+const EXPERT_CHUNKS: usize = 8;
 
-/// How many (token, expert) pairs ahead the loops prefetch the expert rows they will read.
+/// How many distinct experts ahead the loops prefetch the rows they will read.
 const PREFETCH_AHEAD: usize = 2;
 
-/// Distinct expert rows per parallel work item in the backward's pass 2.
-const ROW_BLOCK: usize = 32;
+/// Elements per parallel work item when adding up the chunks' partial sums.
+const SUM_BLOCK: usize = 1 << 16;
 
 /// The nonlinearity σ inside each expert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +99,59 @@ impl ExpertActivation {
                     T::ZERO
                 }
             }
+        }
+    }
+
+    /// σ(h) of every `h`, into `out`. GELU runs on SIMD vectors (its tanh is the bulk of the experts'
+    /// arithmetic): see [`map_lanes`].
+    pub fn apply_all<T: Float>(self, h: &[T], out: &mut [T]) {
+        match self {
+            ExpertActivation::Gelu => map_lanes(h, out, |h| {
+                let t = gelu_inner::<T>(h).tanh();
+                T::Simd::splat(T::from_f64(0.5)) * h * (T::Simd::splat(T::ONE) + t)
+            }),
+            ExpertActivation::Relu => h.iter().zip(out).for_each(|(&h, o)| *o = self.apply(h)),
+        }
+    }
+
+    /// σ'(h) of every `h`, into `out`; like [`ExpertActivation::apply_all`].
+    pub fn derivative_all<T: Float>(self, h: &[T], out: &mut [T]) {
+        match self {
+            ExpertActivation::Gelu => map_lanes(h, out, |h| {
+                let (half, one) = (T::Simd::splat(T::from_f64(0.5)), T::Simd::splat(T::ONE));
+                let t = gelu_inner::<T>(h).tanh();
+                let d_inner = T::Simd::splat(T::from_f64(GELU_SCALE))
+                    * (one + T::Simd::splat(T::from_f64(3.0 * GELU_CUBIC)) * h * h);
+                half * (one + t) + half * h * (one - t * t) * d_inner
+            }),
+            ExpertActivation::Relu => h.iter().zip(out).for_each(|(&h, o)| *o = self.derivative(h)),
+        }
+    }
+}
+
+/// √(2/π)(h + 0.044715h³), the argument of GELU's tanh.
+#[inline(always)]
+fn gelu_inner<T: Float>(h: T::Simd) -> T::Simd {
+    T::Simd::splat(T::from_f64(GELU_SCALE)) * (h + T::Simd::splat(T::from_f64(GELU_CUBIC)) * h * h * h)
+}
+
+/// The widest SIMD vector of any [`Float`], in lanes.
+const MAX_LANES: usize = 16;
+
+/// `out[i] = f(h[i])`, `T::LANES` values at a time; the last vector is padded, so that every value goes
+/// through the same SIMD code. The kernels below hand over their values in expert order, which depends
+/// on the whole batch: with a scalar tail, a token's result could change in the last bit with the other
+/// tokens' choices, and the layer would no longer be exactly causal.
+fn map_lanes<T: Float>(h: &[T], out: &mut [T], f: impl Fn(T::Simd) -> T::Simd) {
+    debug_assert_eq!(h.len(), out.len());
+    for (h, out) in h.chunks(T::LANES).zip(out.chunks_mut(T::LANES)) {
+        if h.len() == T::LANES {
+            f(T::Simd::load(h)).store(out);
+        } else {
+            let (mut padded, mut result) = ([T::ZERO; MAX_LANES], [T::ZERO; MAX_LANES]);
+            padded[..h.len()].copy_from_slice(h);
+            f(T::Simd::load(&padded)).store(&mut result);
+            out.copy_from_slice(&result[..out.len()]);
         }
     }
 }
@@ -132,10 +206,10 @@ pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// Hints the CPU to start loading every cache line of a table row we are about to read, so the random
-/// access to an expert a few pairs ahead overlaps with the work on the current one. Measured on the
-/// 2-core development machine (one thread, d = 256, m = 128, N = 512², 1024 tokens): forward CPU time
-/// ~119 ms without, ~79 ms with; the backward's pass 1 gains likewise.
+/// Hints the CPU to start loading every cache line of a table row we are about to read, so the access to
+/// an expert a few rows ahead overlaps with the work on the current one. Measured on the op at N = 1024²,
+/// 1024 tokens, where the walk skips most rows: ~5–10% faster forward and backward; at N = 512², 4096
+/// tokens, where it reads nearly every row in turn, no measurable difference.
 #[inline(always)]
 fn prefetch_row<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
@@ -165,8 +239,9 @@ pub struct ExpertBatch<'a, T> {
     pub v: &'a [T],
     /// Gates `[T, m]`, already softmaxed.
     pub gates: &'a [T],
-    /// Expert ids `[T, m]`, each `< N`.
-    pub expert_ids: &'a [u32],
+    /// The token-major expert ids `[T, m]` (each `< N`) grouped by expert: `RowGroups::new(expert_ids)`.
+    /// Position `t·m + j` is token t's j-th expert.
+    pub groups: &'a RowGroups,
     /// Width of a token and of an expert row.
     pub d: usize,
     /// Experts per token.
@@ -180,42 +255,102 @@ impl<T: Float> ExpertBatch<'_, T> {
         &table[start..start + self.d]
     }
 
-    /// Prefetches the u and v rows of the expert at flat position `pos` (if any).
+    /// Prefetches the row of `table` (u or v) of the `g`-th distinct expert (if any).
     #[inline(always)]
-    fn prefetch(&self, pos: usize) {
-        if let Some(&id) = self.expert_ids.get(pos) {
-            prefetch_row(self.row(self.u, id));
-            prefetch_row(self.row(self.v, id));
+    fn prefetch(&self, table: &[T], g: usize) {
+        if let Some(&id) = self.groups.rows.get(g) {
+            prefetch_row(self.row(table, id));
         }
     }
 
     fn token(&self, t: usize) -> &[T] {
         &self.x[t * self.d..(t + 1) * self.d]
     }
+
+    /// The distinct experts cut by id into [`EXPERT_CHUNKS`] equal ranges of the table:
+    /// `bounds[c]..bounds[c + 1]` are chunk c's group indices.
+    fn chunk_bounds(&self) -> Vec<usize> {
+        let experts = self.u.len() / self.d;
+        let ids = &self.groups.rows;
+        let mut bounds: Vec<usize> = (0..EXPERT_CHUNKS)
+            .map(|c| ids.partition_point(|&id| (id as usize) < c * experts / EXPERT_CHUNKS))
+            .collect();
+        bounds.push(ids.len());
+        bounds
+    }
 }
 
-/// Forward: returns `out` `[T, d]` and the pre-activations `h` `[T, m]`.
+/// Cuts `buf` into consecutive pieces of `(bounds[i + 1] − bounds[i])·width` elements.
+fn split_at_bounds<'a, T>(mut buf: &'a mut [T], bounds: &[usize], width: usize) -> Vec<&'a mut [T]> {
+    let mut pieces = Vec::with_capacity(bounds.len().saturating_sub(1));
+    for w in bounds.windows(2) {
+        let (piece, rest) = buf.split_at_mut((w[1] - w[0]) * width);
+        pieces.push(piece);
+        buf = rest;
+    }
+    pieces
+}
+
+/// `parts[0] + parts[1] + …` element by element, added in that order (so the result does not depend on
+/// the thread count), in parallel over blocks of elements. Every part is `len` long; no parts give zeros.
+pub(crate) fn sum_parts<T: Float>(mut parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    if parts.is_empty() {
+        return vec![T::ZERO; len];
+    }
+    let mut total = parts.remove(0);
+    total.par_chunks_mut(SUM_BLOCK).enumerate().for_each(|(b, dst)| {
+        for part in &parts {
+            let src = &part[b * SUM_BLOCK..b * SUM_BLOCK + dst.len()];
+            dst.iter_mut().zip(src).for_each(|(y, &x)| *y += x);
+        }
+    });
+    total
+}
+
+/// Forward: returns `out` `[T, d]` and the pre-activations `h` in the order of `groups.occurrences`.
 pub fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
-    let (d, m) = (batch.d, batch.m);
-    let tokens = batch.x.len() / d;
-    let mut out = vec![T::ZERO; tokens * d];
-    let mut pre = vec![T::ZERO; tokens * m];
-    out.par_chunks_mut(TOKEN_BLOCK * d).zip(pre.par_chunks_mut(TOKEN_BLOCK * m)).enumerate().for_each(
-        |(block, (out_block, pre_block))| {
-            for (i, (out_t, pre_t)) in out_block.chunks_exact_mut(d).zip(pre_block.chunks_exact_mut(m)).enumerate() {
-                let t = block * TOKEN_BLOCK + i;
-                let x_t = batch.token(t);
-                let ids = &batch.expert_ids[t * m..(t + 1) * m];
-                for j in 0..m {
-                    batch.prefetch(t * m + j + PREFETCH_AHEAD);
-                    let h = dot(batch.row(batch.u, ids[j]), x_t);
-                    pre_t[j] = h;
-                    axpy(batch.gates[t * m + j] * batch.act.apply(h), batch.row(batch.v, ids[j]), out_t);
-                }
-            }
-        },
-    );
-    (out, pre)
+    let bounds = batch.chunk_bounds();
+    let mut pre = vec![T::ZERO; batch.groups.occurrences.len()];
+    let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| batch.groups.starts[g]).collect();
+    let pre_chunks = split_at_bounds(&mut pre, &occurrence_bounds, 1);
+    let parts: Vec<Vec<T>> = pre_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, pre_chunk)| forward_chunk(batch, bounds[c]..bounds[c + 1], pre_chunk))
+        .collect();
+    (sum_parts(parts, batch.x.len()), pre)
+}
+
+/// The forward over one chunk of experts (the group indices `experts`), in three steps: every `h`, then
+/// the gate-weighted activations on SIMD vectors, then the sums. Writes the chunk's `h` into `pre` and
+/// returns its partial `out` `[T, d]`.
+fn forward_chunk<T: Float>(batch: &ExpertBatch<T>, experts: Range<usize>, pre: &mut [T]) -> Vec<T> {
+    let (d, m, groups) = (batch.d, batch.m, batch.groups);
+    let mut slots = pre.iter_mut();
+    for g in experts.clone() {
+        batch.prefetch(batch.u, g + PREFETCH_AHEAD);
+        let u_row = batch.row(batch.u, groups.rows[g]);
+        for (&pos, h) in groups.group(g).iter().zip(&mut slots) {
+            *h = dot(u_row, batch.token(pos as usize / m));
+        }
+    }
+    let first = groups.starts[experts.start];
+    let mut weights = vec![T::ZERO; pre.len()];
+    batch.act.apply_all(pre, &mut weights);
+    for (w, &pos) in weights.iter_mut().zip(&groups.occurrences[first..]) {
+        *w *= batch.gates[pos as usize];
+    }
+    let mut out = vec![T::ZERO; batch.x.len()];
+    let mut weights = weights.iter();
+    for g in experts {
+        batch.prefetch(batch.v, g + PREFETCH_AHEAD);
+        let v_row = batch.row(batch.v, groups.rows[g]);
+        for (&pos, &w) in groups.group(g).iter().zip(&mut weights) {
+            let t = pos as usize / m;
+            axpy(w, v_row, &mut out[t * d..(t + 1) * d]);
+        }
+    }
+    out
 }
 
 /// Gradients of the expert op. `du`/`dv` are coalesced: row `r` of each belongs to expert `rows[r]`.
@@ -225,68 +360,103 @@ pub struct ExpertGrads<T> {
     pub dx: Vec<T>,
     /// `[T, m]`.
     pub dgates: Vec<T>,
-    /// Distinct expert ids, ascending.
-    pub rows: Vec<u32>,
-    /// `[rows.len(), d]`.
+    /// `[groups.len(), d]`, row g for expert `groups.rows[g]`.
     pub du: Vec<T>,
-    /// `[rows.len(), d]`.
+    /// `[groups.len(), d]`.
     pub dv: Vec<T>,
 }
 
-/// Backward from `grad_out` `[T, d]`, given the pre-activations `pre` `[T, m]` kept by the forward.
+/// One chunk's share of the backward: its experts' `du`/`dv` rows and its occurrences' `dgates`.
+struct BackwardChunk<'a, T> {
+    groups: Range<usize>,
+    du: &'a mut [T],
+    dv: &'a mut [T],
+    /// dgates in occurrence order.
+    dgates: &'a mut [T],
+    /// The pre-activations of the same occurrences.
+    pre: &'a [T],
+}
+
+/// Backward from `grad_out` `[T, d]`, given the pre-activations `pre` kept by the forward.
 pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &[T]) -> ExpertGrads<T> {
-    let (d, m) = (batch.d, batch.m);
-    let tokens = batch.x.len() / d;
-    // Pass 1, over tokens: dx, dgates, and per (t, j) the two scalars pass 2 needs.
-    let mut dx = vec![T::ZERO; tokens * d];
-    let mut dgates = vec![T::ZERO; tokens * m];
-    let mut dpre = vec![T::ZERO; tokens * m]; // dLoss/dh
-    let mut scale_v = vec![T::ZERO; tokens * m]; // g·σ(h): the weight of dout[t] in dv
-    dx.par_chunks_mut(TOKEN_BLOCK * d)
-        .zip(dgates.par_chunks_mut(TOKEN_BLOCK * m))
-        .zip(dpre.par_chunks_mut(TOKEN_BLOCK * m))
-        .zip(scale_v.par_chunks_mut(TOKEN_BLOCK * m))
-        .enumerate()
-        .for_each(|(block, (((dx_block, dgate_block), dpre_block), scale_block))| {
-            let first = block * TOKEN_BLOCK * m;
-            for (i, dx_t) in dx_block.chunks_exact_mut(d).enumerate() {
-                let t = block * TOKEN_BLOCK + i;
-                let g_t = &grad_out[t * d..(t + 1) * d];
-                for j in 0..m {
-                    let (pos, local) = (t * m + j, t * m + j - first);
-                    let id = batch.expert_ids[pos];
-                    batch.prefetch(pos + PREFETCH_AHEAD);
-                    let (h, gate) = (pre[pos], batch.gates[pos]);
-                    let vg = dot(batch.row(batch.v, id), g_t);
-                    let a = batch.act.apply(h);
-                    dgate_block[local] = a * vg;
-                    dpre_block[local] = gate * batch.act.derivative(h) * vg;
-                    scale_block[local] = gate * a;
-                    axpy(dpre_block[local], batch.row(batch.u, id), dx_t);
-                }
-            }
-        });
-    // Pass 2, over distinct experts: each row's sums in ascending occurrence order.
-    let groups = RowGroups::new(batch.expert_ids);
+    let (d, groups) = (batch.d, batch.groups);
+    let bounds = batch.chunk_bounds();
+    let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| groups.starts[g]).collect();
     let mut du = vec![T::ZERO; groups.len() * d];
     let mut dv = vec![T::ZERO; groups.len() * d];
-    du.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().with_min_len(ROW_BLOCK).for_each(
-        |(g, (du_row, dv_row))| {
-            for (i, &pos) in groups.group(g).iter().enumerate() {
-                let pos = pos as usize;
-                let t = pos / m;
-                let (x_t, g_t) = (batch.token(t), &grad_out[t * d..(t + 1) * d]);
-                if i == 0 {
-                    scale_into(dpre[pos], x_t, du_row);
-                    scale_into(scale_v[pos], g_t, dv_row);
-                } else {
-                    axpy(dpre[pos], x_t, du_row);
-                    axpy(scale_v[pos], g_t, dv_row);
-                }
+    let mut dgates_sorted = vec![T::ZERO; pre.len()];
+    let chunks: Vec<BackwardChunk<T>> = split_at_bounds(&mut du, &bounds, d)
+        .into_iter()
+        .zip(split_at_bounds(&mut dv, &bounds, d))
+        .zip(split_at_bounds(&mut dgates_sorted, &occurrence_bounds, 1))
+        .enumerate()
+        .map(|(c, ((du, dv), dgates))| BackwardChunk {
+            groups: bounds[c]..bounds[c + 1],
+            du,
+            dv,
+            dgates,
+            pre: &pre[occurrence_bounds[c]..occurrence_bounds[c + 1]],
+        })
+        .collect();
+    let parts: Vec<Vec<T>> = chunks.into_par_iter().map(|chunk| backward_chunk(batch, grad_out, chunk)).collect();
+    // Back from occurrence order to token order.
+    let mut dgates = vec![T::ZERO; pre.len()];
+    for (&pos, &dg) in groups.occurrences.iter().zip(&dgates_sorted) {
+        dgates[pos as usize] = dg;
+    }
+    ExpertGrads { dx: sum_parts(parts, batch.x.len()), dgates, du, dv }
+}
+
+/// The backward over one chunk of experts; returns its partial `dx` `[T, d]`. Per occurrence (token t,
+/// gate g, pre-activation h) of expert (u, v), with `vg = v·dout[t]`:
+/// `dgate = σ(h)·vg`, `dh = g·σ'(h)·vg`, `dx[t] += dh·u`, `du += dh·x[t]`, `dv += g·σ(h)·dout[t]`.
+/// Three walks over the chunk's experts, each with one token-side array in play: v with `dout`
+/// (everything but `dx` and `du`), u with `dx`, `du` with `x`. Measured against one walk doing it all:
+/// the backward of the op ~30% faster, as fewer random token rows compete for the cache at a time.
+fn backward_chunk<T: Float>(batch: &ExpertBatch<T>, grad_out: &[T], chunk: BackwardChunk<T>) -> Vec<T> {
+    let (d, m, groups) = (batch.d, batch.m, batch.groups);
+    let (mut act, mut dh) = (vec![T::ZERO; chunk.pre.len()], vec![T::ZERO; chunk.pre.len()]);
+    batch.act.apply_all(chunk.pre, &mut act);
+    batch.act.derivative_all(chunk.pre, &mut dh); // σ'(h) for now, dh once multiplied below
+    let mut occurrences = act.iter().zip(dh.iter_mut()).zip(chunk.dgates.iter_mut());
+    for (g, dv_row) in chunk.groups.clone().zip(chunk.dv.chunks_exact_mut(d)) {
+        batch.prefetch(batch.v, g + PREFETCH_AHEAD);
+        let v_row = batch.row(batch.v, groups.rows[g]);
+        for (i, (&pos, ((&a, dh), dgate))) in groups.group(g).iter().zip(&mut occurrences).enumerate() {
+            let (t, gate) = (pos as usize / m, batch.gates[pos as usize]);
+            let g_t = &grad_out[t * d..(t + 1) * d];
+            let vg = dot(v_row, g_t);
+            *dgate = a * vg;
+            *dh = gate * *dh * vg;
+            if i == 0 {
+                scale_into(gate * a, g_t, dv_row);
+            } else {
+                axpy(gate * a, g_t, dv_row);
             }
-        },
-    );
-    ExpertGrads { dx, dgates, rows: groups.rows, du, dv }
+        }
+    }
+    let mut dx = vec![T::ZERO; batch.x.len()];
+    let mut dh_iter = dh.iter();
+    for g in chunk.groups.clone() {
+        batch.prefetch(batch.u, g + PREFETCH_AHEAD);
+        let u_row = batch.row(batch.u, groups.rows[g]);
+        for (&pos, &dh) in groups.group(g).iter().zip(&mut dh_iter) {
+            let t = pos as usize / m;
+            axpy(dh, u_row, &mut dx[t * d..(t + 1) * d]);
+        }
+    }
+    let mut dh_iter = dh.iter();
+    for (g, du_row) in chunk.groups.zip(chunk.du.chunks_exact_mut(d)) {
+        for (i, (&pos, &dh)) in groups.group(g).iter().zip(&mut dh_iter).enumerate() {
+            let x_t = batch.token(pos as usize / m);
+            if i == 0 {
+                scale_into(dh, x_t, du_row);
+            } else {
+                axpy(dh, x_t, du_row);
+            }
+        }
+    }
+    dx
 }
 
 #[cfg(test)]
@@ -304,6 +474,26 @@ mod tests {
             axpy(0.5, &a, &mut y);
             for ((yi, ai), bi) in y.iter().zip(&a).zip(&b) {
                 assert!((yi - (bi + 0.5 * ai)).abs() < 1e-15, "axpy, n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_activations_match_scalar_and_ignore_position() {
+        let h: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        for act in [ExpertActivation::Gelu, ExpertActivation::Relu] {
+            let (mut values, mut grads) = (vec![0.0; h.len()], vec![0.0; h.len()]);
+            act.apply_all(&h, &mut values);
+            act.derivative_all(&h, &mut grads);
+            for ((&h, &v), &g) in h.iter().zip(&values).zip(&grads) {
+                assert!((v - act.apply(h)).abs() < 1e-6 && (g - act.derivative(h)).abs() < 1e-6, "{act:?} at {h}");
+            }
+            // Each value alone (always in a padded vector) gives the same bits as inside the full run.
+            for (i, &hi) in h.iter().enumerate() {
+                let (mut one, mut one_grad) = ([0.0f32], [0.0f32]);
+                act.apply_all(&[hi], &mut one);
+                act.derivative_all(&[hi], &mut one_grad);
+                assert_eq!((one[0].to_bits(), one_grad[0].to_bits()), (values[i].to_bits(), grads[i].to_bits()));
             }
         }
     }

@@ -3,8 +3,10 @@
 //! PEER (He 2024, §2) and product-key memories (Lample et al. 2019) keep the k best of n scores per query,
 //! with k ≪ n. Sorting all n would cost O(n log n); instead a [`TopKBuffer`] keeps the k best seen so far,
 //! sorted, and an element that does not beat the worst kept one is skipped after a single comparison.
-//! On random data almost every element is skipped once the buffer has filled, so a row costs O(n)
-//! typically (O(n·k) in the worst case, for increasing data).
+//! Before that, a row of finite numbers is thinned with SIMD: a threshold with at least k elements at or
+//! above it is raised by bisection, counting with vector comparisons, until about 2k are left, and only
+//! those are offered (see `candidate_threshold`). A row costs O(n) SIMD work plus O(k) insertions
+//! typically (O(n·k) in the worst case, e.g. for many equal values).
 //!
 //! **Ranking rule** (deterministic, shared by every caller and by the brute-force tests):
 //! - a larger value ranks first;
@@ -13,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::Float;
+use super::{Float, SimdVec};
 
 /// Whether `x` is NaN, without relying on a `Float::is_nan` (NaN is the only value unequal to itself).
 #[inline(always)]
@@ -84,12 +86,83 @@ impl<T: Float> TopKBuffer<T> {
 /// Writes the top `k` of `row` (values and indices within the row, best first) into `values`/`indices`.
 pub fn topk_row_into<T: Float>(row: &[T], buffer: &mut TopKBuffer<T>, values: &mut [T], indices: &mut [u32]) {
     buffer.clear();
-    for (i, &x) in row.iter().enumerate() {
-        buffer.offer(x, i as u32);
+    let body_len = row.len() / T::LANES * T::LANES;
+    match candidate_threshold(&row[..body_len], buffer.k) {
+        Some(threshold) => {
+            offer_at_least(&row[..body_len], threshold, buffer);
+            for (i, &x) in row.iter().enumerate().skip(body_len) {
+                buffer.offer(x, i as u32);
+            }
+        }
+        None => row.iter().enumerate().for_each(|(i, &x)| buffer.offer(x, i as u32)),
     }
     for ((v, ix), &(value, index)) in values.iter_mut().zip(indices.iter_mut()).zip(buffer.items()) {
         *v = value;
         *ix = index;
+    }
+}
+
+/// Bisection steps of [`candidate_threshold`] at most; on random rows it stops after ~4.
+const MAX_BISECTIONS: usize = 12;
+
+/// A value `t` with at least `k` elements of `body` (a whole number of SIMD vectors) `>= t`, so every
+/// element below `t` has k elements ranking before it and cannot be in the top k; raised by bisection
+/// until at most 2k elements are left. `None` when some element is not finite (NaN and ±∞ are left to
+/// the exact rule element by element) or the body has fewer than `k` elements.
+///
+/// Why: offering all n elements of a row to the [`TopKBuffer`] costs ~k·ln(n/k) insertions, each a
+/// mispredicted branch and a shift; counting against a threshold is branch-free SIMD. Measured on
+/// 65 536 random rows of 512 with k = 16 (one thread, f32): ~300 ms offering every element, ~90 ms this
+/// way.
+fn candidate_threshold<T: Float>(body: &[T], k: usize) -> Option<T> {
+    if k == 0 || body.len() < k {
+        return None;
+    }
+    let (neg_inf, inf) = (T::Simd::splat(T::NEG_INFINITY), T::Simd::splat(-T::NEG_INFINITY));
+    let all_lanes = u32::MAX >> (32 - T::LANES);
+    let (mut max, mut neg_min, mut finite) = (neg_inf, neg_inf, all_lanes);
+    for chunk in body.chunks_exact(T::LANES) {
+        let v = T::Simd::load(chunk);
+        finite &= v.gt_mask(neg_inf) & inf.gt_mask(v);
+        max = max.max(v);
+        neg_min = neg_min.max(-v);
+    }
+    if finite != all_lanes {
+        return None;
+    }
+    let (mut lo, mut hi, mut above_lo) = (-neg_min.reduce_max(), max.reduce_max(), body.len());
+    for _ in 0..MAX_BISECTIONS {
+        let mid = lo * T::from_f64(0.5) + hi * T::from_f64(0.5);
+        if above_lo <= 2 * k || !(mid > lo && mid < hi) {
+            break;
+        }
+        let above_mid = count_at_least(body, mid);
+        if above_mid >= k {
+            (lo, above_lo) = (mid, above_mid);
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// How many elements of `body` (finite, a whole number of SIMD vectors) are `>= threshold`.
+fn count_at_least<T: Float>(body: &[T], threshold: T) -> usize {
+    let (t, all_lanes) = (T::Simd::splat(threshold), u32::MAX >> (32 - T::LANES));
+    body.chunks_exact(T::LANES).map(|chunk| (!t.gt_mask(T::Simd::load(chunk)) & all_lanes).count_ones() as usize).sum()
+}
+
+/// Offers the elements of `body` (finite, a whole number of SIMD vectors) that are `>= threshold`, in
+/// index order.
+fn offer_at_least<T: Float>(body: &[T], threshold: T, buffer: &mut TopKBuffer<T>) {
+    let (t, all_lanes) = (T::Simd::splat(threshold), u32::MAX >> (32 - T::LANES));
+    for (c, chunk) in body.chunks_exact(T::LANES).enumerate() {
+        let mut candidates = !t.gt_mask(T::Simd::load(chunk)) & all_lanes;
+        while candidates != 0 {
+            let lane = candidates.trailing_zeros() as usize;
+            buffer.offer(chunk[lane], (c * T::LANES + lane) as u32);
+            candidates &= candidates - 1;
+        }
     }
 }
 
@@ -151,6 +224,57 @@ mod tests {
             let got: Vec<(f64, u32)> = vals.into_iter().zip(ids).collect();
             assert_eq!(got, by_sorting(&row, k), "k = {k}");
         }
+    }
+
+    /// `topk_row_into` against sorting, on rows of `len` drawn by `draw`, for several k.
+    fn check_rows(draw: &mut dyn FnMut() -> f64, rows_per_case: usize) {
+        for len in [1, 15, 16, 17, 40, 100, 512, 515] {
+            for k in [1, 2, 16, 33] {
+                let k = k.min(len);
+                for _ in 0..rows_per_case {
+                    // Values exact in f32 too, so both widths (8 and 16 SIMD lanes) have the same answer.
+                    let row: Vec<f64> = (0..len).map(|_| draw() as f32 as f64).collect();
+                    let want: Vec<u32> = by_sorting(&row, k).iter().map(|p| p.1).collect();
+                    let (mut vals, mut ids) = (vec![0.0; k], vec![0u32; k]);
+                    topk_row_into(&row, &mut TopKBuffer::new(k), &mut vals, &mut ids);
+                    assert_eq!(ids, want, "f64, len {len}, k {k}, row {row:?}");
+                    let row32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+                    let mut vals32 = vec![0.0f32; k];
+                    topk_row_into(&row32, &mut TopKBuffer::new(k), &mut vals32, &mut ids);
+                    assert_eq!(ids, want, "f32, len {len}, k {k}, row {row:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_filter_matches_sorting_with_ties() {
+        // Finite rows (the SIMD threshold path) with few distinct values, so ties sit at the threshold.
+        let mut rng = crate::rng::Rng::new(3);
+        check_rows(&mut || rng.below(7) as f64 * 0.5 - 1.0, 5);
+        let mut rng = crate::rng::Rng::new(4);
+        check_rows(&mut || rng.normal(), 5);
+    }
+
+    #[test]
+    fn rows_with_nans_and_infinities_match_sorting() {
+        let mut rng = crate::rng::Rng::new(5);
+        check_rows(
+            &mut || match rng.below(40) {
+                0 => f64::NAN,
+                1 => f64::NEG_INFINITY,
+                2 => f64::INFINITY,
+                r => (r % 7) as f64,
+            },
+            3,
+        );
+        // All NaN but a few numbers late in the row.
+        let mut row = vec![f64::NAN; 64];
+        row[40] = -3.0;
+        row[63] = 2.0;
+        let (vals, ids) = topk_rows(&row, 64, 4);
+        assert_eq!(ids, vec![63, 40, 0, 1]);
+        assert_eq!(&vals[..2], &[2.0, -3.0]);
     }
 
     #[test]

@@ -2,21 +2,23 @@
 //! `out[t] = Σ_j gates[t,j]·σ(u[id]·x[t])·v[id]` over the m experts `id = expert_ids[t·m + j]` a token
 //! retrieved.
 //!
-//! The loops live in [`crate::kernels::peer`]; this file checks shapes and ids, keeps the
-//! pre-activations between forward and backward, and wraps the expert tables' gradients as coalesced
+//! The loops live in [`crate::kernels::peer`]; this file checks shapes and ids, groups the ids by expert
+//! once for both passes (the kernels walk the tables in that order), keeps the pre-activations between
+//! forward and backward, and wraps the expert tables' gradients as coalesced
 //! row-sparse [`RowGrad`]s (one row per distinct expert), so a table of a million experts is never
 //! touched densely.
 
 use crate::grad::{Grad, RowGrad};
 use crate::kernels::peer::{experts_backward, experts_forward, ExpertBatch};
-use crate::kernels::{ExpertActivation, Float};
+use crate::kernels::{ExpertActivation, Float, RowGroups};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
 struct PeerExperts<T> {
-    expert_ids: Vec<u32>,
+    /// The positions of the expert ids grouped by expert, the order both passes walk in.
+    groups: RowGroups,
     act: ExpertActivation,
-    /// u[id]·x[t] per (token, expert), `[T, m]`, kept by forward for backward.
+    /// u[id]·x[t] per (token, expert) in the order of `groups.occurrences`, kept by forward for backward.
     pre: Vec<T>,
 }
 
@@ -27,7 +29,7 @@ impl<T: Float> PeerExperts<T> {
             u: x[1].data(),
             v: x[2].data(),
             gates: x[3].data(),
-            expert_ids: &self.expert_ids,
+            groups: &self.groups,
             d: x[0].dim(1),
             m: x[3].dim(1),
             act: self.act,
@@ -48,11 +50,11 @@ impl<T: Float> Op<T> for PeerExperts<T> {
 
     fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let grads = experts_backward(&self.batch(x), &self.pre, g.data());
-        let rows = grads.rows;
+        let rows = &self.groups.rows;
         vec![
             needs[0].then(|| Grad::Dense(Tensor::from_vec(x[0].shape(), grads.dx))),
             needs[1].then(|| Grad::Rows(RowGrad::new(x[1].shape(), rows.clone(), grads.du))),
-            needs[2].then(|| Grad::Rows(RowGrad::new(x[2].shape(), rows, grads.dv))),
+            needs[2].then(|| Grad::Rows(RowGrad::new(x[2].shape(), rows.clone(), grads.dv))),
             needs[3].then(|| Grad::Dense(Tensor::from_vec(x[3].shape(), grads.dgates))),
         ]
     }
@@ -84,5 +86,6 @@ pub fn peer_experts<T: Float>(
     if let Some(bad) = expert_ids.iter().find(|&&id| id as usize >= us[0]) {
         panic!("peer_experts: expert id {bad} is out of range for {} experts", us[0]);
     }
-    tape.apply(PeerExperts { expert_ids: expert_ids.to_vec(), act, pre: Vec::new() }, &[x, u, v, gates])
+    let groups = RowGroups::new(expert_ids);
+    tape.apply(PeerExperts { groups, act, pre: Vec::new() }, &[x, u, v, gates])
 }
