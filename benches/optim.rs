@@ -52,8 +52,7 @@ fn row_grad(rng: &mut Rng, values: &[f32]) -> Grad {
 
 fn main() {
     let mut rng = Rng::new(0);
-    let table =
-        |name: &str| Param::new(name, ParamKind::Table, Tensor::full(&[ROWS, WIDTH], 0.01));
+    let table = |name: &str| Param::new(name, ParamKind::Table, Tensor::full(&[ROWS, WIDTH], 0.01));
     let (mut u, mut v) = (table("U"), table("V"));
     let values: Vec<f32> = (0..RETRIEVED * WIDTH).map(|i| ((i % 97) as f32 - 48.0) * 1e-3).collect();
     let mut adamw = AdamW::new(AdamWConfig::default());

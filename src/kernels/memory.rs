@@ -135,7 +135,9 @@ mod tests {
         let mut inside = false;
         for line in maps.lines() {
             let range = line.split(' ').next().and_then(|r| r.split_once('-'));
-            if let Some((Ok(lo), Ok(hi))) = range.map(|(lo, hi)| (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))) {
+            if let Some((Ok(lo), Ok(hi))) =
+                range.map(|(lo, hi)| (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)))
+            {
                 inside = lo <= address && address < hi;
             } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
                 return Some(flags.to_string());

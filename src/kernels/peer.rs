@@ -43,6 +43,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::memory::prefetch_row;
 use super::row_groups::RowGroups;
 use super::{Float, SimdVec};
 
@@ -206,28 +207,6 @@ pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// Hints the CPU to start loading every cache line of a table row we are about to read, so the access to
-/// an expert a few rows ahead overlaps with the work on the current one. Measured on the op at N = 1024²,
-/// 1024 tokens, where the walk skips most rows: ~5–10% faster forward and backward; at N = 512², 4096
-/// tokens, where it reads nearly every row in turn, no measurable difference.
-#[inline(always)]
-fn prefetch_row<T>(row: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = std::mem::size_of_val(row);
-        let base = row.as_ptr() as *const i8;
-        let mut offset = 0;
-        while offset < bytes {
-            // SAFETY: prefetch is only a hint, it never faults, and `base + offset` stays inside `row`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(offset)) };
-            offset += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}
-
 /// The inputs of the expert op, as flat row-major slices.
 #[derive(Clone, Copy)]
 pub struct ExpertBatch<'a, T> {
@@ -259,6 +238,7 @@ impl<T: Float> ExpertBatch<'_, T> {
     #[inline(always)]
     fn prefetch(&self, table: &[T], g: usize) {
         if let Some(&id) = self.groups.rows.get(g) {
+            // Measured at N = 1024², 1024 tokens, where the walk skips most rows: ~5–10% faster.
             prefetch_row(self.row(table, id));
         }
     }

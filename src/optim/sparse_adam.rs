@@ -133,7 +133,7 @@ mod tests {
         let (mut p, mut m, mut v) = (vec![0.0f32; 12], vec![0.0f32; 12], vec![0.0f32; 12]);
         p.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
         let keys = sorted_positions(&[3, 1, 3]);
-        let mut touched = touched_rows(&mut p, &mut m, &mut v, 3, &keys);
+        let touched = touched_rows(&mut p, &mut m, &mut v, 3, &keys);
         let firsts: Vec<(f32, Range<usize>)> = touched.into_iter().map(|r| (r.p[0], r.positions)).collect();
         assert_eq!(firsts, vec![(3.0, 0..1), (9.0, 1..3)]);
     }
