@@ -29,10 +29,6 @@ pub const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 /// The size of an x86-64 (and common aarch64) transparent huge page.
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 
-/// glibc's largest allowed mmap threshold on 64-bit targets (`HEAP_MAX_SIZE / 2`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const GLIBC_MAX_MMAP_THRESHOLD: libc::c_int = 32 << 20;
-
 /// Tells glibc's allocator to keep freed memory for reuse instead of handing it back to the OS (see the
 /// module comment). Call it once at the start of a program that trains; it affects the whole process.
 /// Returns whether the allocator accepted the settings (always `false` off Linux/glibc).
@@ -42,9 +38,7 @@ pub fn retain_freed_buffers() -> bool {
         // SAFETY: mallopt only changes glibc's allocator parameters; it takes two integers, touches no
         // memory of ours and is safe to call at any time from any thread.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD) == 1
-                && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+            libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
