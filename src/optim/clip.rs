@@ -55,9 +55,39 @@ fn grad_values(grad: &mut Grad) -> &mut [f32] {
     }
 }
 
+/// Independent running sums inside a chunk. One f64 sum is a chain of dependent additions, one per
+/// element, and ran at a fraction of memory speed over a PEER layer's gradients; sixteen lanes fill four
+/// AVX2 registers, enough to hide the adder's latency.
+const LANES: usize = 16;
+
 /// `Σ x²` in f64: per-chunk sums in parallel, added in chunk order (deterministic for any thread count).
 fn squared_norm(values: &[f32]) -> f64 {
-    let partial: Vec<f64> =
-        values.par_chunks(CHUNK).map(|chunk| chunk.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).collect();
+    let partial: Vec<f64> = values.par_chunks(CHUNK).map(chunk_squared_norm).collect();
     partial.iter().sum()
+}
+
+/// `Σ x²` of one chunk, in [`LANES`] interleaved partial sums added at the end.
+fn chunk_squared_norm(chunk: &[f32]) -> f64 {
+    let square = |x: f32| f64::from(x) * f64::from(x);
+    let mut lanes = [0.0f64; LANES];
+    let mut groups = chunk.chunks_exact(LANES);
+    for group in &mut groups {
+        lanes.iter_mut().zip(group).for_each(|(sum, &x)| *sum += square(x));
+    }
+    lanes.iter().sum::<f64>() + groups.remainder().iter().map(|&x| square(x)).sum::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_sums_match_a_plain_sum() {
+        for len in [0, 1, 15, 16, 17, 1000, CHUNK + 3] {
+            let values: Vec<f32> = (0..len).map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 1e-3).collect();
+            let plain: f64 = values.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            let lanes = squared_norm(&values);
+            assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "len {len}: {lanes} vs {plain}");
+        }
+    }
 }
