@@ -1,10 +1,14 @@
 //! The GPT decoder end to end: causality, the key/value cache, config validation and FLOP counting.
 
-use peerlm::model::{flops, FfwKind, Gpt, ModelConfig};
+use peerlm::model::{flops, FfwKind, Gpt, ModelConfig, Positions};
 use peerlm::nn::Module;
 use peerlm::Tape;
 
 fn tiny(ffw: FfwKind) -> ModelConfig {
+    tiny_with(ffw, Positions::Learned)
+}
+
+fn tiny_with(ffw: FfwKind, positions: Positions) -> ModelConfig {
     let mut config = ModelConfig {
         vocab_size: 37,
         seq_len: 12,
@@ -12,6 +16,7 @@ fn tiny(ffw: FfwKind) -> ModelConfig {
         n_layers: 3,
         n_heads: 2,
         ffw,
+        positions,
         ..ModelConfig::default()
     };
     config.dense.d_ff = 32;
@@ -38,8 +43,9 @@ fn logits(model: &mut Gpt<f64>, tokens: &[u32], batch: usize) -> Vec<f64> {
 
 #[test]
 fn changing_a_later_token_never_changes_earlier_logits() {
-    for kind in [FfwKind::Dense, FfwKind::Moe, FfwKind::Pkm, FfwKind::Peer] {
-        let config = tiny(kind);
+    let kinds = [FfwKind::Dense, FfwKind::Moe, FfwKind::Pkm, FfwKind::Peer].map(|kind| (kind, Positions::Learned));
+    for (kind, positions) in kinds.into_iter().chain([(FfwKind::Dense, Positions::Rotary)]) {
+        let config = tiny_with(kind, positions);
         let mut model = Gpt::<f64>::new(&config, 7);
         let tokens: Vec<u32> = (0..10).map(|i| (i * 7 % 37) as u32).collect();
         let base = logits(&mut model, &tokens, 1);
@@ -56,8 +62,11 @@ fn changing_a_later_token_never_changes_earlier_logits() {
 
 #[test]
 fn cached_decoding_equals_full_forward() {
-    for kind in [FfwKind::Dense, FfwKind::Peer] {
-        let config = tiny(kind);
+    for (kind, positions) in [FfwKind::Dense, FfwKind::Peer]
+        .into_iter()
+        .flat_map(|kind| [(kind, Positions::Learned), (kind, Positions::Rotary)])
+    {
+        let config = tiny_with(kind, positions);
         let mut model = Gpt::<f64>::new(&config, 11);
         let tokens: Vec<u32> = (0..9).map(|i| (i * 5 % 37) as u32).collect();
         let full = logits(&mut model, &tokens, 1);
@@ -68,9 +77,23 @@ fn cached_decoding_equals_full_forward() {
             incremental.extend_from_slice(model.forward_cached(&mut tape, &[token], &mut caches).value().data());
         }
         for (a, b) in full.iter().zip(&incremental) {
-            assert!((a - b).abs() < 1e-12, "{kind:?}: cached {b} vs full {a}");
+            assert!((a - b).abs() < 1e-12, "{kind:?}, {positions:?}: cached {b} vs full {a}");
         }
     }
+}
+
+#[test]
+fn rotary_positions_make_token_order_matter() {
+    // Without any position signal, causal attention sees the prefix as a set: swapping the first two
+    // tokens could not change the logits of the third. Rotary positions (and no learned table) must.
+    let config = tiny_with(FfwKind::Dense, Positions::Rotary);
+    let mut model = Gpt::<f64>::new(&config, 5);
+    assert!(model.params().iter().all(|p| p.name != "position_embedding"));
+    let vocab = config.vocab_size;
+    let in_order = logits(&mut model, &[3, 8, 20], 1);
+    let swapped = logits(&mut model, &[8, 3, 20], 1);
+    let change: f64 = in_order[2 * vocab..].iter().zip(&swapped[2 * vocab..]).map(|(a, b)| (a - b).abs()).sum();
+    assert!(change > 1e-6, "swapping earlier tokens moved the last logits by only {change}");
 }
 
 #[test]
@@ -100,6 +123,9 @@ fn impossible_configs_name_the_field() {
     let mut config = tiny(FfwKind::Dense);
     config.ffw_blocks = Some(vec![3]);
     assert!(config.validate().unwrap_err().starts_with("ffw_blocks"));
+    let mut config = tiny_with(FfwKind::Dense, Positions::Rotary);
+    config.n_heads = 16; // heads one column wide: no pairs to turn
+    assert!(config.validate().unwrap_err().starts_with("positions"), "{:?}", config.validate());
 }
 
 #[test]

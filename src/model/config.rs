@@ -29,6 +29,9 @@ pub enum FfwKind {
 pub enum Positions {
     /// A learned `[seq_len, d_model]` table added to the token embeddings (GPT-2).
     Learned,
+    /// Rotary embeddings (RoFormer) turn each head's queries and keys by position-dependent angles;
+    /// nothing is learned. Needs an even head width `d_model / n_heads`.
+    Rotary,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,7 +49,7 @@ pub struct ModelConfig {
     pub n_heads: usize,
     /// Use the token embedding as the output head (default true).
     pub tie_embeddings: bool,
-    /// Position encoding (default learned).
+    /// Position encoding: `"learned"` (default) or `"rotary"`.
     pub positions: Positions,
     /// Layer-norm epsilon (default 1e-5).
     pub norm_eps: f64,
@@ -141,6 +144,12 @@ impl ModelConfig {
         }
         if self.d_model % self.n_heads != 0 {
             return Err(format!("n_heads: {} does not divide d_model = {}", self.n_heads, self.d_model));
+        }
+        let head_width = self.d_model / self.n_heads;
+        if self.positions == Positions::Rotary && head_width % 2 != 0 {
+            return Err(format!(
+                "positions: rotary turns pairs of columns, but each head is {head_width} wide (d_model / n_heads)"
+            ));
         }
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(format!("norm_eps: {} must be positive", self.norm_eps));

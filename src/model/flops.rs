@@ -5,9 +5,9 @@
 //! forward pass costs 2 FLOPs per weight it multiplies by, plus attention's scores and mixing,
 //! 2·2·seq_len·d per layer (counted over the full context, as those papers do); a training step is three
 //! forward passes' worth (the backward pass costs about twice the forward). Norms, softmaxes, activation
-//! functions, top-k selections and embedding lookups are left out: each is O(d) per token against the
-//! O(d²) of the matrix products. A feed-forward layer reports its own forward cost (router, queries,
-//! key scoring and expert compute for the retrieval layers) through `flops_per_token`.
+//! functions, top-k selections, rotary position turns and embedding lookups are left out: each is O(d) per
+//! token against the O(d²) of the matrix products. A feed-forward layer reports its own forward cost
+//! (router, queries, key scoring and expert compute for the retrieval layers) through `flops_per_token`.
 
 use crate::model::config::{FfwKind, ModelConfig};
 

@@ -1,5 +1,6 @@
-//! The GPT-style decoder: token and position embeddings, pre-norm blocks of causal attention and a
-//! feed-forward layer, a final norm and the output head (Radford et al. 2019; Karpathy's llm.c).
+//! The GPT-style decoder: token embeddings, learned or rotary positions, pre-norm blocks of causal
+//! attention and a feed-forward layer, a final norm and the output head (Radford et al. 2019; Karpathy's
+//! llm.c).
 //!
 //! Each block's feed-forward layer is dense, MoE, PKM or PEER, chosen by [`ModelConfig`]; everything else
 //! is shared, so comparing layers at equal FLOPs compares only the layer.
@@ -7,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::kernels::Float;
-use crate::model::config::{FfwKind, ModelConfig};
+use crate::model::config::{FfwKind, ModelConfig, Positions};
 use crate::nn::attention::{Attention, KvCache};
 use crate::nn::ffw::DenseFfw;
 use crate::nn::layer_norm::LayerNorm;
@@ -101,7 +102,14 @@ impl<T: Float> Block<T> {
         let name = format!("blocks.{block}");
         Block {
             ln1: LayerNorm::new(&format!("{name}.ln1"), config.d_model, config.norm_eps),
-            attn: Attention::new(&format!("{name}.attn"), config.d_model, config.n_heads, config.n_layers, rng),
+            attn: Attention::new(
+                &format!("{name}.attn"),
+                config.d_model,
+                config.n_heads,
+                config.n_layers,
+                config.positions == Positions::Rotary,
+                rng,
+            ),
             ln2: LayerNorm::new(&format!("{name}.ln2"), config.d_model, config.norm_eps),
             ffw: FeedForward::new(config, block, rng),
         }
@@ -142,7 +150,8 @@ impl<T: Float> Block<T> {
 pub struct Gpt<T: Float = f32> {
     config: ModelConfig,
     token_embedding: Param<T>,
-    position_embedding: Param<T>,
+    /// `[seq_len, d_model]` with learned positions; `None` with rotary ones (applied inside attention).
+    position_embedding: Option<Param<T>>,
     pub blocks: Vec<Block<T>>,
     ln_f: LayerNorm<T>,
     /// `[d_model, vocab]`, or `None` when the head reuses the token embedding.
@@ -163,11 +172,13 @@ impl<T: Float> Gpt<T> {
         let (d, vocab) = (config.d_model, config.vocab_size);
         let token_embedding =
             Param::new("token_embedding", ParamKind::Weight, Tensor::randn(&[vocab, d], 0.02, &mut root.fork(1)));
-        let position_embedding = Param::new(
-            "position_embedding",
-            ParamKind::Weight,
-            Tensor::randn(&[config.seq_len, d], 0.01, &mut root.fork(2)),
-        );
+        let position_embedding = (config.positions == Positions::Learned).then(|| {
+            Param::new(
+                "position_embedding",
+                ParamKind::Weight,
+                Tensor::randn(&[config.seq_len, d], 0.01, &mut root.fork(2)),
+            )
+        });
         let blocks = (0..config.n_layers).map(|b| Block::new(config, b, &mut root.fork(100 + b as u64))).collect();
         let head = (!config.tie_embeddings)
             .then(|| Param::new("head", ParamKind::Weight, Tensor::randn(&[d, vocab], 0.02, &mut root.fork(3))));
@@ -214,9 +225,14 @@ impl<T: Float> Gpt<T> {
         let wte = tape.param(&self.token_embedding);
         let tok = ops::embedding(tape, &wte, tokens);
         let tok = ops::reshape(tape, &tok, &[batch, seq, d]);
-        let wpe = tape.param(&self.position_embedding);
-        let pos = ops::narrow(tape, &wpe, 0, start, seq);
-        let mut x = ops::add(tape, &tok, &pos);
+        let mut x = match &self.position_embedding {
+            Some(table) => {
+                let wpe = tape.param(table);
+                let pos = ops::narrow(tape, &wpe, 0, start, seq);
+                ops::add(tape, &tok, &pos)
+            }
+            None => tok,
+        };
 
         let mut aux_loss: Option<Var<T>> = None;
         for (b, block) in self.blocks.iter_mut().enumerate() {
@@ -315,7 +331,8 @@ impl<T: Float> Gpt<T> {
 
 impl<T: Float> Module<T> for Gpt<T> {
     fn params(&self) -> Vec<&Param<T>> {
-        let mut params = vec![&self.token_embedding, &self.position_embedding];
+        let mut params = vec![&self.token_embedding];
+        params.extend(self.position_embedding.as_ref());
         for block in &self.blocks {
             block.modules().into_iter().for_each(|m| params.extend(m.params()));
         }
@@ -325,7 +342,8 @@ impl<T: Float> Module<T> for Gpt<T> {
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
-        let mut params = vec![&mut self.token_embedding, &mut self.position_embedding];
+        let mut params = vec![&mut self.token_embedding];
+        params.extend(self.position_embedding.as_mut());
         for block in &mut self.blocks {
             block.modules_mut().into_iter().for_each(|m| params.extend(m.params_mut()));
         }

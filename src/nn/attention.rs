@@ -2,6 +2,8 @@
 //!
 //! One linear map makes queries, keys and values for all heads at once (`[tokens, 3·d]`), the fused
 //! [`crate::ops::causal_attention`] op mixes them head by head, and a second linear map projects back.
+//! With rotary positions, queries and keys are turned by [`crate::ops::rotary`] before they meet, each
+//! at its absolute position (cached keys were turned when they were new).
 //! While sampling, [`KvCache`] keeps the keys and values of the tokens already seen, so each new token
 //! costs one row of queries against the cache: O(context), not a recomputation of the whole prefix.
 
@@ -18,6 +20,8 @@ pub struct Attention<T: Float = f32> {
     qkv: Linear<T>,
     proj: Linear<T>,
     n_heads: usize,
+    /// Whether queries and keys get rotary position embeddings.
+    rotary: bool,
 }
 
 /// Keys and values of the positions processed so far, `[1, positions, d]` each (batch of one).
@@ -42,18 +46,20 @@ impl<T: Float> Attention<T> {
     /// GPT-2 initialisation: N(0, 0.02²) weights, zero biases; the output projection, which adds into
     /// the residual stream, is scaled down by 1/√(2·n_layers) so the stream's variance does not grow
     /// with depth.
-    pub fn new(name: &str, d_model: usize, n_heads: usize, n_layers: usize, rng: &mut Rng) -> Self {
+    /// With `rotary`, queries and keys get rotary position embeddings (the head width must be even).
+    pub fn new(name: &str, d_model: usize, n_heads: usize, n_layers: usize, rotary: bool, rng: &mut Rng) -> Self {
         let residual_std = 0.02 / (2.0 * n_layers as f64).sqrt();
         Attention {
             qkv: Linear::new(&format!("{name}.qkv"), d_model, 3 * d_model, true, 0.02, rng),
             proj: Linear::new(&format!("{name}.proj"), d_model, d_model, true, residual_std, rng),
             n_heads,
+            rotary,
         }
     }
 
     /// Self-attention over `x` of shape `[batch, seq, d]`, each position seeing itself and the past.
     pub fn forward(&self, tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
-        let (q, k, v) = self.project_qkv(tape, x);
+        let (q, k, v) = self.project_qkv(tape, x, 0);
         let mixed = ops::causal_attention(tape, &q, &k, &v, self.n_heads);
         self.proj.forward(tape, &mixed)
     }
@@ -61,7 +67,7 @@ impl<T: Float> Attention<T> {
     /// Attention for new positions `x` (`[1, new, d]`) that also sees the cached past; appends the new
     /// keys and values to `cache`. Inference only: the cache holds plain tensors, outside the tape.
     pub fn forward_cached(&self, tape: &mut Tape<T>, x: &Var<T>, cache: &mut KvCache<T>) -> Var<T> {
-        let (q, k_new, v_new) = self.project_qkv(tape, x);
+        let (q, k_new, v_new) = self.project_qkv(tape, x, cache.len());
         let keys = append_positions(cache.keys.take(), k_new.value());
         let values = append_positions(cache.values.take(), v_new.value());
         let (k_all, v_all) = (tape.constant(keys.clone()), tape.constant(values.clone()));
@@ -71,11 +77,17 @@ impl<T: Float> Attention<T> {
         self.proj.forward(tape, &mixed)
     }
 
-    fn project_qkv(&self, tape: &mut Tape<T>, x: &Var<T>) -> (Var<T>, Var<T>, Var<T>) {
+    /// Queries, keys and values of `x`, whose first row sits at `first_position`.
+    fn project_qkv(&self, tape: &mut Tape<T>, x: &Var<T>, first_position: usize) -> (Var<T>, Var<T>, Var<T>) {
         let d = x.value().last_dim();
         let qkv = self.qkv.forward(tape, x);
         let mut parts = ops::split(tape, &qkv, 2, &[d, d, d]).into_iter();
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        if !self.rotary {
+            return (q, k, v);
+        }
+        let q = ops::rotary(tape, &q, self.n_heads, first_position);
+        let k = ops::rotary(tape, &k, self.n_heads, first_position);
         (q, k, v)
     }
 }
