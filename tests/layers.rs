@@ -166,28 +166,28 @@ fn layers_count_every_selection() {
     let tokens = 10;
     let x = input(tokens, 6);
     let mut peer = Peer::<f32>::new(&peer_config(), "peer", &mut Rng::new(1));
-    assert!(peer.usage().is_none());
-    peer.track_usage(true);
+    assert!(peer.usage.get().is_none());
+    peer.usage.switch(true);
     eval(&mut peer, &x);
-    let usage = peer.usage().unwrap();
+    let usage = peer.usage.get().unwrap();
     assert_eq!(usage.total(), (tokens * 4 * 4) as u64); // tokens · heads · k
     assert!(usage.fraction_used() > 0.0 && usage.fraction_used() <= (tokens * 16) as f64 / 256.0);
-    peer.reset_usage();
-    assert_eq!(peer.usage().unwrap().total(), 0);
-    peer.track_usage(false);
-    assert!(peer.usage().is_none());
+    peer.usage.reset();
+    assert_eq!(peer.usage.get().unwrap().total(), 0);
+    peer.usage.switch(false);
+    assert!(peer.usage.get().is_none());
 
     let mut pkm = Pkm::<f32>::new(&pkm_config(), "pkm", &mut Rng::new(1));
-    pkm.track_usage(true);
+    pkm.usage.switch(true);
     eval(&mut pkm, &x);
-    assert_eq!(pkm.usage().unwrap().total(), (tokens * 4 * 4) as u64);
+    assert_eq!(pkm.usage.get().unwrap().total(), (tokens * 4 * 4) as u64);
 
     // Expert choice: each of the 4 experts takes exactly c = ⌈1.0 · 10 · 2 / 4⌉ = 5 tokens.
     let mut moe = Moe::<f32>::new(&moe_config(Routing::ExpertChoice), "moe", &mut Rng::new(1));
-    moe.track_usage(true);
+    moe.usage.switch(true);
     eval(&mut moe, &x);
-    assert_eq!(moe.usage().unwrap().counts(), &[5, 5, 5, 5]);
-    assert_eq!(moe.usage().unwrap().kl_from_uniform(), 0.0);
+    assert_eq!(moe.usage.get().unwrap().counts(), &[5, 5, 5, 5]);
+    assert_eq!(moe.usage.get().unwrap().kl_from_uniform(), 0.0);
 }
 
 #[test]

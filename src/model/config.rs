@@ -10,8 +10,9 @@
 use crate::kernels::peer::ExpertActivation;
 use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
-use crate::nn::peer::{PeerConfig, Router};
+use crate::nn::peer::PeerConfig;
 use crate::nn::pkm::PkmConfig;
+use crate::nn::product_key_router::Router;
 
 /// The feed-forward layer of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

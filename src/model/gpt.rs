@@ -73,18 +73,18 @@ impl<T: Float> FeedForward<T> {
     pub fn track_usage(&mut self, on: bool) {
         match self {
             FeedForward::Dense(_) => {}
-            FeedForward::Moe(layer) => layer.track_usage(on),
-            FeedForward::Pkm(layer) => layer.track_usage(on),
-            FeedForward::Peer(layer) => layer.track_usage(on),
+            FeedForward::Moe(layer) => layer.usage.switch(on),
+            FeedForward::Pkm(layer) => layer.usage.switch(on),
+            FeedForward::Peer(layer) => layer.usage.switch(on),
         }
     }
 
     pub fn usage(&self) -> Option<&ExpertUsage> {
         match self {
             FeedForward::Dense(_) => None,
-            FeedForward::Moe(layer) => layer.usage(),
-            FeedForward::Pkm(layer) => layer.usage(),
-            FeedForward::Peer(layer) => layer.usage(),
+            FeedForward::Moe(layer) => layer.usage.get(),
+            FeedForward::Pkm(layer) => layer.usage.get(),
+            FeedForward::Peer(layer) => layer.usage.get(),
         }
     }
 }

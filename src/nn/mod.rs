@@ -8,9 +8,10 @@
 //! - [`Peer`]: parameter-efficient expert retrieval (He 2024), product keys over a million single-neuron
 //!   experts.
 //!
-//! Layers own their [`Param`]s and enter them into the tape on each forward pass; [`Module`] lists them
-//! for the optimizer and checkpoints (which key them by their stable `name`). [`ExpertUsage`] counts which
-//! experts or memory slots a sparse layer selects, the paper's measure of how much of the pool is used.
+//! PKM and PEER find their keys with the same [`ProductKeyRouter`]. Layers own their [`Param`]s and enter
+//! them into the tape on each forward pass; [`Module`] lists them for the optimizer and checkpoints (which
+//! key them by their stable `name`). A sparse layer's [`UsageTracker`] counts which experts or memory slots
+//! it selects ([`ExpertUsage`]), the paper's measure of how much of the pool is used.
 
 pub mod attention;
 pub mod ffw;
@@ -19,14 +20,16 @@ pub mod linear;
 pub mod moe;
 pub mod peer;
 pub mod pkm;
+pub mod product_key_router;
 pub mod usage;
 
 pub use ffw::{DenseFfw, DenseFfwConfig};
 pub use linear::Linear;
 pub use moe::{Moe, MoeConfig, Routing};
-pub use peer::{Peer, PeerConfig, Router};
+pub use peer::{Peer, PeerConfig};
 pub use pkm::{Pkm, PkmConfig};
-pub use usage::ExpertUsage;
+pub use product_key_router::{ProductKeyRouter, Router};
+pub use usage::{ExpertUsage, UsageTracker};
 
 use crate::kernels::Float;
 use crate::ops::BatchNormStats;
@@ -55,9 +58,4 @@ pub trait Module<T: Float> {
 pub struct FfwOut<T: Float> {
     pub y: Var<T>,
     pub aux_loss: Option<Var<T>>,
-}
-
-/// The name of a batch norm, from its gain parameter's (`<layer>.query_bn.gain` → `<layer>.query_bn`).
-fn bn_name<T: Float>(gain: &Param<T>) -> String {
-    gain.name.strip_suffix(".gain").unwrap_or(&gain.name).to_string()
 }

@@ -22,7 +22,7 @@
 
 use crate::kernels::Float;
 use crate::nn::ffw::{positive, GPT2_INIT_STD};
-use crate::nn::{DenseFfw, DenseFfwConfig, ExpertUsage, FfwOut, Linear, Module};
+use crate::nn::{DenseFfw, DenseFfwConfig, FfwOut, Linear, Module, UsageTracker};
 use crate::ops;
 use crate::param::Param;
 use crate::rng::Rng;
@@ -120,7 +120,8 @@ pub struct Moe<T: Float = f32> {
     pub router: Linear<T>,
     /// `{name}.experts.{e}`: GPT-2 MLPs d_model → d_expert → d_model, initialised as [`DenseFfw`].
     pub experts: Vec<DenseFfw<T>>,
-    usage: Option<ExpertUsage>,
+    /// Which experts the layer selects, once switched on.
+    pub usage: UsageTracker,
 }
 
 impl<T: Float> Moe<T> {
@@ -131,7 +132,7 @@ impl<T: Float> Moe<T> {
         let experts = (0..config.num_experts)
             .map(|e| DenseFfw::new(&expert_config, &format!("{name}.experts.{e}"), rng))
             .collect();
-        Moe { config: config.clone(), router, experts, usage: None }
+        Moe { config: config.clone(), router, experts, usage: UsageTracker::new(config.num_experts) }
     }
 
     pub fn config(&self) -> &MoeConfig {
@@ -151,7 +152,7 @@ impl<T: Float> Moe<T> {
         let (tokens, k, num_experts) = (x.shape()[0], self.config.top_k, self.config.num_experts);
         let (top_logits, expert_ids) = ops::topk(tape, logits, k);
         let gates = ops::softmax(tape, &top_logits); // = selected probabilities renormalised
-        self.record(&expert_ids);
+        self.usage.record(&expert_ids);
         // Slot s = t·k + j is token t's j-th choice; group the slots by expert.
         let mut slots_of = vec![Vec::new(); num_experts];
         for (slot, &e) in expert_ids.iter().enumerate() {
@@ -183,7 +184,7 @@ impl<T: Float> Moe<T> {
         let probs_by_expert = ops::transpose(tape, &probs, 0, 1); // [E, tokens]
         let (gates, token_ids) = ops::topk(tape, &probs_by_expert, capacity); // [E, c]
         let expert_ids: Vec<u32> = (0..num_experts as u32).flat_map(|e| std::iter::repeat_n(e, capacity)).collect();
-        self.record(&expert_ids);
+        self.usage.record(&expert_ids);
         let tokens_of: Vec<Vec<u32>> = token_ids.chunks(capacity).map(<[u32]>::to_vec).collect();
         let gates = ops::reshape(tape, &gates, &[num_experts * capacity]);
         FfwOut { y: self.dispatch(tape, x, &tokens_of, &gates), aux_loss: None }
@@ -203,27 +204,6 @@ impl<T: Float> Moe<T> {
         let all_outputs = ops::concat(tape, &outputs, 0);
         let rows = tokens_of.concat();
         ops::scatter_rows(tape, &all_outputs, &rows, gates, x.shape()[0])
-    }
-
-    fn record(&mut self, expert_ids: &[u32]) {
-        if let Some(usage) = &mut self.usage {
-            usage.record(expert_ids);
-        }
-    }
-
-    /// Starts (with zero counts) or stops counting expert selections; turning it on again keeps the counts.
-    pub fn track_usage(&mut self, on: bool) {
-        ExpertUsage::switch(&mut self.usage, on, self.config.num_experts);
-    }
-
-    pub fn usage(&self) -> Option<&ExpertUsage> {
-        self.usage.as_ref()
-    }
-
-    pub fn reset_usage(&mut self) {
-        if let Some(usage) = &mut self.usage {
-            usage.reset();
-        }
     }
 }
 

@@ -18,32 +18,22 @@
 //! and the sum over heads is a single weighted sum over the token's h·k experts, done by the fused
 //! [`ops::peer_experts`].
 //!
-//! Initialisation (the paper does not give one; chosen so activations keep unit scale): query weights
-//! N(0, 1/d) so that with a layer-normed input each query entry has unit variance; sub-keys uniform in
-//! ±1/√(key_dim/2) as in PKM; U ~ N(0, 1/d) so that `u_iᵀx` has unit variance; V ~ N(0, 1/(h·k)) so that the
-//! sum of the h·k expert outputs has O(1) entries; batch-norm gain 1, bias 0.
+//! Steps 1–3 are the [`ProductKeyRouter`] that PKM uses too; PEER's query batch norm pools its statistics
+//! over the heads ([`QueryNorm::SharedByHeads`]). This file adds the expert pool and step 4.
+//!
+//! Initialisation (the paper does not give one; chosen so activations keep unit scale): the router's
+//! (see [`ProductKeyRouter`]); U ~ N(0, 1/d) so that `u_iᵀx` has unit variance; V ~ N(0, 1/(h·k)) so that the sum of
+//! the h·k expert outputs has O(1) entries.
 
 use crate::kernels::Float;
-use crate::nn::bn_name;
 use crate::nn::ffw::positive;
-use crate::nn::pkm::{batch_norm_params, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM};
-use crate::nn::{ExpertUsage, FfwOut, Linear, Module};
+use crate::nn::product_key_router::{ProductKeyRouter, ProductKeySpec, QueryNorm, Router};
+use crate::nn::{FfwOut, Module, UsageTracker};
 use crate::ops::{self, BatchNormStats, ExpertActivation};
 use crate::param::{Param, ParamKind};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
-
-/// How the k retrieved scores of a head become gates, s in eq. 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "io", serde(rename_all = "snake_case"))]
-pub enum Router {
-    /// Softmax over the head's k scores (the paper's choice): the gates of a head sum to 1.
-    Softmax,
-    /// Each score through a sigmoid, independently.
-    Sigmoid,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
@@ -150,45 +140,37 @@ impl PeerConfig {
 
 pub struct Peer<T: Float = f32> {
     config: PeerConfig,
-    /// `{name}.query`: d_model → heads·key_dim, no bias.
-    pub query: Linear<T>,
-    /// `{name}.query_bn.gain` / `.bias`, `[key_dim]` (statistics shared by the heads), when
-    /// `query_batch_norm`.
-    pub query_bn: Option<(Param<T>, Param<T>)>,
-    query_bn_stats: BatchNormStats<T>,
-    /// `{name}.keys1`, `{name}.keys2`: the sub-keys C, C' `[√N, key_dim/2]`, shared by the heads.
-    pub keys1: Param<T>,
-    pub keys2: Param<T>,
+    /// Steps 1–3: `{name}.query`, `{name}.query_bn` (`[key_dim]`, shared by the heads) and the sub-keys
+    /// `{name}.keys1`, `{name}.keys2` `[√N, key_dim/2]`.
+    pub router: ProductKeyRouter<T>,
     /// `{name}.u`, `{name}.v`: the expert pool, `[N, d_model]` tables read by row.
     pub u: Param<T>,
     pub v: Param<T>,
-    usage: Option<ExpertUsage>,
+    /// Which experts the layer selects, once switched on.
+    pub usage: UsageTracker,
 }
 
 impl<T: Float> Peer<T> {
     pub fn new(config: &PeerConfig, name: &str, rng: &mut Rng) -> Self {
-        let (d, half, n) = (config.d_model, config.key_dim / 2, config.num_sub_keys());
-        let query =
-            Linear::new(&format!("{name}.query"), d, config.heads * config.key_dim, false, (d as f64).powf(-0.5), rng);
-        let query_bn = config.query_batch_norm.then(|| batch_norm_params(&format!("{name}.query_bn"), config.key_dim));
-        let key_bound = (half as f64).powf(-0.5);
-        let mut keys = |which: &str| {
-            let table = Tensor::uniform(&[n, half], -key_bound, key_bound, rng);
-            Param::new(format!("{name}.{which}"), ParamKind::NoDecay, table)
+        let d = config.d_model;
+        let spec = ProductKeySpec {
+            d_model: d,
+            heads: config.heads,
+            key_dim: config.key_dim,
+            num_keys: config.num_sub_keys(),
+            top_k: config.top_k,
+            query_norm: if config.query_batch_norm { QueryNorm::SharedByHeads } else { QueryNorm::Off },
+            gates: config.router,
         };
-        let (keys1, keys2) = (keys("keys1"), keys("keys2"));
+        let router = ProductKeyRouter::new(&spec, name, rng);
         let u = Tensor::randn(&[config.num_experts, d], (d as f64).powf(-0.5), rng);
         let v = Tensor::randn(&[config.num_experts, d], ((config.heads * config.top_k) as f64).powf(-0.5), rng);
         Peer {
             config: config.clone(),
-            query,
-            query_bn,
-            query_bn_stats: BatchNormStats::new(config.key_dim, BATCH_NORM_MOMENTUM),
-            keys1,
-            keys2,
+            router,
             u: Param::new(format!("{name}.u"), ParamKind::Table, u),
             v: Param::new(format!("{name}.v"), ParamKind::Table, v),
-            usage: None,
+            usage: UsageTracker::new(config.num_experts),
         }
     }
 
@@ -200,75 +182,34 @@ impl<T: Float> Peer<T> {
     /// running ones) in the query batch norm; evaluation uses the running statistics, so tokens stay
     /// independent.
     pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> FfwOut<T> {
-        let (tokens, heads, k) = (x.shape()[0], self.config.heads, self.config.top_k);
-        // 1. Query network, one key_dim-wide query per head, normalised.
-        let query = self.query.forward(tape, x); // [tokens, heads·key_dim]
-        let mut query = ops::reshape(tape, &query, &[tokens * heads, self.config.key_dim]);
-        if let Some((gain, bias)) = &self.query_bn {
-            let (gain, bias) = (tape.param(gain), tape.param(bias));
-            query = ops::batch_norm(tape, &query, &gain, &bias, &mut self.query_bn_stats, training, BATCH_NORM_EPS);
-        }
-        // 2. Product-key retrieval of each head's top-k experts (eq. 1).
-        let (keys1, keys2) = (tape.param(&self.keys1), tape.param(&self.keys2));
-        let (scores, expert_ids) = ops::product_key_topk(tape, &query, &keys1, &keys2, k); // [tokens·heads, k]
-        if let Some(usage) = &mut self.usage {
-            usage.record(&expert_ids);
-        }
-        // 3. Router: gates over each head's k experts (eq. 2).
-        let gates = match self.config.router {
-            Router::Softmax => ops::softmax(tape, &scores),
-            Router::Sigmoid => ops::sigmoid(tape, &scores),
-        };
+        // 1–3. Query network, product-key retrieval of each head's top-k experts (eq. 1), their gates (eq. 2).
+        let (gates, expert_ids) = self.router.forward(tape, x, training); // [tokens, heads·k], [tokens·heads·k]
+        self.usage.record(&expert_ids);
         // 4. Experts, summed over the k experts of every head (eq. 3) and over the heads.
-        let gates = ops::reshape(tape, &gates, &[tokens, heads * k]);
         let (u, v) = (tape.param(&self.u), tape.param(&self.v));
         let y = ops::peer_experts(tape, x, &u, &v, &gates, &expert_ids, self.config.activation);
         FfwOut { y, aux_loss: None }
-    }
-
-    /// Starts (with zero counts) or stops counting expert selections; turning it on again keeps the counts.
-    pub fn track_usage(&mut self, on: bool) {
-        ExpertUsage::switch(&mut self.usage, on, self.config.num_experts);
-    }
-
-    pub fn usage(&self) -> Option<&ExpertUsage> {
-        self.usage.as_ref()
-    }
-
-    pub fn reset_usage(&mut self) {
-        if let Some(usage) = &mut self.usage {
-            usage.reset();
-        }
     }
 }
 
 impl<T: Float> Module<T> for Peer<T> {
     fn batch_norm_stats(&self) -> Vec<(String, &BatchNormStats<T>)> {
-        self.query_bn.iter().map(|(gain, _)| (bn_name(gain), &self.query_bn_stats)).collect()
+        self.router.batch_norm_stats()
     }
 
     fn batch_norm_stats_mut(&mut self) -> Vec<(String, &mut BatchNormStats<T>)> {
-        match &self.query_bn {
-            Some((gain, _)) => vec![(bn_name(gain), &mut self.query_bn_stats)],
-            None => Vec::new(),
-        }
+        self.router.batch_norm_stats_mut()
     }
 
     fn params(&self) -> Vec<&Param<T>> {
-        let mut params = self.query.params();
-        if let Some((gain, bias)) = &self.query_bn {
-            params.extend([gain, bias]);
-        }
-        params.extend([&self.keys1, &self.keys2, &self.u, &self.v]);
+        let mut params = self.router.params();
+        params.extend([&self.u, &self.v]);
         params
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param<T>> {
-        let mut params = self.query.params_mut();
-        if let Some((gain, bias)) = &mut self.query_bn {
-            params.extend([gain, bias]);
-        }
-        params.extend([&mut self.keys1, &mut self.keys2, &mut self.u, &mut self.v]);
+        let mut params = self.router.params_mut();
+        params.extend([&mut self.u, &mut self.v]);
         params
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The PEER paper (He 2024, §3.4) reports two numbers over an evaluation set: the *expert usage*, the share
 //! of experts selected at least once, and the KL divergence of the selection distribution from uniform, a
-//! measure of imbalance. A layer that tracks usage calls [`ExpertUsage::record`] with the ids it selected
-//! in each forward pass; every (token, head, slot) selection counts once.
+//! measure of imbalance. Each sparse layer (MoE, PKM, PEER) owns a [`UsageTracker`], off by default so that
+//! training pays nothing, and hands it the ids it selected in each forward pass; every (token, head, slot)
+//! selection counts once.
 
 /// Selection counts per expert (or per memory slot, for PKM).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,12 +13,6 @@ pub struct ExpertUsage {
 }
 
 impl ExpertUsage {
-    /// A layer's counter switch: starts counting in `slot` (from zero, or keeping the counts if it is already
-    /// on) or stops and drops the counts.
-    pub fn switch(slot: &mut Option<ExpertUsage>, on: bool, num_experts: usize) {
-        *slot = if on { slot.take().or_else(|| Some(ExpertUsage::new(num_experts))) } else { None };
-    }
-
     /// Zero counts for `num_experts` experts.
     pub fn new(num_experts: usize) -> Self {
         ExpertUsage { counts: vec![0; num_experts] }
@@ -73,6 +68,44 @@ impl ExpertUsage {
     }
 }
 
+/// A layer's switchable counter over its pool of experts (or memory slots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageTracker {
+    pool: usize,
+    usage: Option<ExpertUsage>,
+}
+
+impl UsageTracker {
+    /// Off, for a pool of `pool` experts.
+    pub fn new(pool: usize) -> Self {
+        UsageTracker { pool, usage: None }
+    }
+
+    /// Starts (with zero counts) or stops counting; turning it on again keeps the counts.
+    pub fn switch(&mut self, on: bool) {
+        self.usage = if on { self.usage.take().or_else(|| Some(ExpertUsage::new(self.pool))) } else { None };
+    }
+
+    /// The usage counted so far; `None` while off.
+    pub fn get(&self) -> Option<&ExpertUsage> {
+        self.usage.as_ref()
+    }
+
+    /// Counts one selection of each id, if on.
+    pub fn record(&mut self, ids: &[u32]) {
+        if let Some(usage) = &mut self.usage {
+            usage.record(ids);
+        }
+    }
+
+    /// Forgets the counts, staying on (or off).
+    pub fn reset(&mut self) {
+        if let Some(usage) = &mut self.usage {
+            usage.reset();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +127,20 @@ mod tests {
         usage.reset();
         assert_eq!(usage.total(), 0);
         assert_eq!(usage.kl_from_uniform(), 0.0);
+    }
+
+    #[test]
+    fn a_tracker_counts_only_while_on() {
+        let mut tracker = UsageTracker::new(3);
+        tracker.record(&[0]);
+        assert!(tracker.get().is_none());
+        tracker.switch(true);
+        tracker.record(&[0, 2]);
+        tracker.switch(true);
+        assert_eq!(tracker.get().unwrap().counts(), &[1, 0, 1]);
+        tracker.reset();
+        assert_eq!(tracker.get().unwrap().total(), 0);
+        tracker.switch(false);
+        assert!(tracker.get().is_none());
     }
 }
