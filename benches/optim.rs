@@ -11,34 +11,15 @@
 use std::time::Instant;
 
 use peerlm::optim::{AdamW, AdamWConfig};
-use peerlm::{Grad, Op, Param, ParamKind, Rng, RowGrad, Tape, Tensor, Var};
+use peerlm::{Grad, Param, ParamKind, Rng, RowGrad, Tensor};
+
+#[path = "../tests/common/inject_grads.rs"]
+mod inject_grads;
+use inject_grads::tape_with_grads;
 
 const ROWS: usize = 1024 * 1024;
 const WIDTH: usize = 256;
 const RETRIEVED: usize = 1024 * 8 * 16;
-
-/// Leaves the given gradients on the tape (`loss = 0`, `dloss/dinput_i = grads[i]`).
-struct InjectGrads(Vec<Grad>);
-
-impl Op<f32> for InjectGrads {
-    fn name(&self) -> &'static str {
-        "inject_grads"
-    }
-    fn forward(&mut self, _: &[&Tensor]) -> Tensor {
-        Tensor::scalar(0.0)
-    }
-    fn backward(&self, _: &[&Tensor], _: &Tensor, _: &Tensor, _: &[bool]) -> Vec<Option<Grad>> {
-        self.0.iter().map(|g| Some(g.clone())).collect()
-    }
-}
-
-fn tape_with_grads(params: &[&Param], grads: Vec<Grad>) -> Tape {
-    let mut tape = Tape::new();
-    let vars: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
-    let loss = tape.apply(InjectGrads(grads), &vars.iter().collect::<Vec<_>>());
-    tape.backward(&loss);
-    tape
-}
 
 fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);

@@ -1,31 +1,11 @@
 //! AdamW, lazy sparse AdamW and gradient clipping against references written out by hand.
 
 use peerlm::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use peerlm::{Grad, Op, Param, ParamKind, Rng, RowGrad, Tape, Tensor, Var};
+use peerlm::{Grad, Param, ParamKind, Rng, RowGrad, Tensor};
 
-/// An op whose backward returns fixed gradients: `loss = 0`, `dloss/dinput_i = grads[i]`. It leaves
-/// chosen (dense or row-sparse) gradients on the tape the way a real backward would.
-struct InjectGrads(Vec<Grad>);
-
-impl Op<f32> for InjectGrads {
-    fn name(&self) -> &'static str {
-        "inject_grads"
-    }
-    fn forward(&mut self, _: &[&Tensor]) -> Tensor {
-        Tensor::scalar(0.0)
-    }
-    fn backward(&self, _: &[&Tensor], _: &Tensor, _: &Tensor, _: &[bool]) -> Vec<Option<Grad>> {
-        self.0.iter().map(|g| Some(g.clone())).collect()
-    }
-}
-
-fn tape_with_grads(params: &[&Param], grads: Vec<Grad>) -> Tape {
-    let mut tape = Tape::new();
-    let vars: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
-    let loss = tape.apply(InjectGrads(grads), &vars.iter().collect::<Vec<_>>());
-    tape.backward(&loss);
-    tape
-}
+#[path = "common/inject_grads.rs"]
+mod inject_grads;
+use inject_grads::tape_with_grads;
 
 fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
     Tensor::randn(shape, 1.0, rng)
