@@ -2,12 +2,11 @@
 //! vocab 4096, d 256, 4 blocks, 4 heads, seq 256, batch 8 (2048 tokens a step), tied embeddings, AdamW;
 //! PEER N = 512², h = 8, k = 16, key dim 256. The same shapes as `shared/reference/gpt_torch.py`.
 //!
-//! `cargo bench --bench gpt` runs each configuration in its own child process (this binary with
-//! `--config NAME`), so each peak RSS (VmHWM) belongs to that configuration alone. A step is forward,
-//! backward, clipping and the AdamW update on random tokens; the median of `PEERLM_BENCH_ITERS` (default 7)
-//! steps after two warm-up steps is reported.
+//! `cargo bench --bench gpt` runs each configuration in its own child process (`common/harness.rs`), so
+//! each peak RSS (VmHWM) belongs to that configuration alone. A step is forward, backward, clipping and the
+//! AdamW update on random tokens; the median of `PEERLM_BENCH_ITERS` (default 7) steps after two warm-up
+//! steps is reported.
 
-use std::process::Command;
 use std::time::Instant;
 
 use peerlm::data::Batch;
@@ -15,25 +14,15 @@ use peerlm::model::FfwKind;
 use peerlm::train::{RunConfig, Trainer};
 use peerlm::Rng;
 
+#[path = "common/harness.rs"]
+mod harness;
+
 const CONFIGS: [&str; 2] = ["dense", "peer_512sq"];
 
 fn main() {
-    // As the command-line tool does: freed step buffers stay in the heap (kernels/memory.rs).
-    peerlm::kernels::memory::retain_freed_buffers();
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if let [flag, name] = &args[..] {
-        if flag == "--config" {
-            run_one(name);
-            return;
-        }
-    }
-    let filter = args.first().cloned().unwrap_or_default();
-    let exe = std::env::current_exe().expect("own path");
-    println!("{:<12} {:>10} {:>10} {:>12} {:>12}", "config", "params M", "median s", "tokens/s", "peak RSS MB");
-    for name in CONFIGS.iter().filter(|name| name.contains(&filter)) {
-        let status = Command::new(&exe).args(["--config", name]).status().expect("spawn benchmark child");
-        assert!(status.success(), "{name}: child failed ({status})");
-    }
+    let header =
+        format!("{:<12} {:>10} {:>10} {:>12} {:>12}", "config", "params M", "median s", "tokens/s", "peak RSS MB");
+    harness::run(CONFIGS, &header, run_one);
 }
 
 fn config(name: &str) -> RunConfig {
@@ -57,7 +46,7 @@ fn run_one(name: &str) {
     let mut trainer = Trainer::new(config).expect("valid config");
     let mut rng = Rng::new(0);
     let mut tokens = || (0..batch_size * seq_len).map(|_| rng.below(vocab as u64) as u32).collect::<Vec<u32>>();
-    let iters: usize = std::env::var("PEERLM_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let iters = harness::iterations(7);
     let mut times = Vec::new();
     for i in 0..iters + 2 {
         let batch = Batch { inputs: tokens(), targets: tokens(), batch_size, seq_len };
@@ -67,18 +56,11 @@ fn run_one(name: &str) {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = harness::median(times);
     println!(
         "{name:<12} {:>10.1} {median:>10.3} {:>12.0} {:>12.0}",
         trainer.model.num_params() as f64 / 1e6,
         (batch_size * seq_len) as f64 / median,
-        peak_rss_mb()
+        harness::peak_rss_mb()
     );
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
 }

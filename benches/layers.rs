@@ -1,18 +1,20 @@
 //! Forward + backward throughput and peak memory of the PEER layer and the dense FFW baseline.
 //!
-//! `cargo bench --bench layers` runs every configuration in its own child process (this same binary with
-//! `--config NAME`), so each reported peak RSS (VmHWM from /proc/self/status) belongs to that configuration
-//! alone. Each child builds the layer, runs one warm-up step and then `ITERS` timed steps of forward,
-//! `Σ y` loss and backward (input gradient included, as inside a model), and prints the median.
-//! `PEERLM_BENCH_ITERS` overrides the step count; `cargo bench --bench layers -- peer_512` runs only the
-//! configurations whose name contains `peer_512`.
+//! `cargo bench --bench layers` runs every configuration in its own child process (`common/harness.rs`), so
+//! each reported peak RSS (VmHWM from /proc/self/status) belongs to that configuration alone. Each child
+//! builds the layer, runs one warm-up step and then `ITERS` timed steps of forward, `Σ y` loss and backward
+//! (input gradient included, as inside a model), and prints the median. `PEERLM_BENCH_ITERS` overrides the
+//! step count; `cargo bench --bench layers -- peer_512` runs only the configurations whose name contains
+//! `peer_512`.
 
-use std::process::Command;
 use std::time::Instant;
 
 use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Peer, PeerConfig, Router};
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Param, ParamKind, Rng, Tape, Tensor, Var};
+
+#[path = "common/harness.rs"]
+mod harness;
 
 const D_MODEL: usize = 256;
 
@@ -29,22 +31,8 @@ const CONFIGS: [(&str, usize, usize); 6] = [
 type Step = Box<dyn FnMut(&mut Tape<f32>, &Var<f32>) -> FfwOut<f32>>;
 
 fn main() {
-    // As the command-line tool does: freed step buffers stay in the heap (kernels/memory.rs).
-    peerlm::kernels::memory::retain_freed_buffers();
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if let [flag, name] = &args[..] {
-        if flag == "--config" {
-            run_one(name);
-            return;
-        }
-    }
-    let filter = args.first().cloned().unwrap_or_default();
-    let exe = std::env::current_exe().expect("own path");
-    println!("{:<22} {:>10} {:>14} {:>12}", "config", "median s", "tokens/s", "peak RSS MB");
-    for (name, _, _) in CONFIGS.iter().filter(|(name, _, _)| name.contains(&filter)) {
-        let status = Command::new(&exe).args(["--config", name]).status().expect("spawn benchmark child");
-        assert!(status.success(), "{name}: child failed ({status})");
-    }
+    let header = format!("{:<22} {:>10} {:>14} {:>12}", "config", "median s", "tokens/s", "peak RSS MB");
+    harness::run(CONFIGS.iter().map(|(name, _, _)| *name), &header, run_one);
 }
 
 fn build(sub_keys: usize, rng: &mut Rng) -> Step {
@@ -71,10 +59,7 @@ fn run_one(name: &str) {
     let mut rng = Rng::new(1);
     let x = Param::new("x", ParamKind::Weight, Tensor::<f32>::randn(&[tokens, D_MODEL], 1.0, &mut rng));
     let mut step = build(sub_keys, &mut rng);
-    let iters: usize = std::env::var("PEERLM_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if sub_keys == 0 { 20 } else { 5 });
+    let iters = harness::iterations(if sub_keys == 0 { 20 } else { 5 });
     let mut tape = Tape::new();
     let mut times = Vec::with_capacity(iters);
     for i in 0..=iters {
@@ -89,18 +74,6 @@ fn run_one(name: &str) {
             times.push(start.elapsed().as_secs_f64()); // step 0 is the warm-up
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!("{name:<22} {median:>10.3} {:>14.0} {:>12.0}", tokens as f64 / median, peak_rss_mb());
-}
-
-/// VmHWM, the process's peak resident set, in MB (0 where /proc is unavailable).
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    let median = harness::median(times);
+    println!("{name:<22} {median:>10.3} {:>14.0} {:>12.0}", tokens as f64 / median, harness::peak_rss_mb());
 }
