@@ -1,13 +1,15 @@
 //! `peerlm prepare` end to end on the bundled C4 sample, and its one-line errors on bad input.
 #![cfg(feature = "cli")]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use peerlm::data::{tokenizer_file, Shard};
 
-fn peerlm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_peerlm"))
+/// Runs `peerlm prepare ARGS --input INPUT --out OUT`.
+fn prepare(args: &[&str], input: &Path, out: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_peerlm"));
+    command.arg("prepare").args(args).arg("--input").arg(input).arg("--out").arg(out).output().unwrap()
 }
 
 fn sample() -> PathBuf {
@@ -18,14 +20,8 @@ fn sample() -> PathBuf {
 fn prepares_tokenizer_and_shards_with_held_out_documents() {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prepare_valid_docs");
     let _ = std::fs::remove_dir_all(&out);
-    let output = peerlm()
-        .args(["prepare", "--vocab", "512", "--valid-docs", "100", "--shard-tokens", "400000"])
-        .args(["--train-sample-bytes", "300000", "--input"])
-        .arg(sample())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let args = ["--vocab", "512", "--valid-docs", "100", "--shard-tokens", "400000", "--train-sample-bytes", "300000"];
+    let output = prepare(&args, &sample(), &out);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("train: 1400 documents") && stdout.contains("valid: 100 documents"), "{stdout}");
@@ -55,25 +51,13 @@ fn bad_input_is_one_error_line_and_a_failure_status() {
     std::fs::write(&bad, "{\"text\":\"fine\"}\n{\"text\":\n").unwrap();
     // A malformed line (vocab 300), then a vocabulary out of range (vocab 3).
     for vocab in ["300", "3"] {
-        let output = peerlm()
-            .args(["prepare", "--valid-docs", "1", "--vocab", vocab, "--input"])
-            .arg(&bad)
-            .arg("--out")
-            .arg(dir.join("out"))
-            .output()
-            .unwrap();
+        let output = prepare(&["--valid-docs", "1", "--vocab", vocab], &bad, &dir.join("out"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success());
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
-    let output = peerlm()
-        .args(["prepare", "--vocab", "300", "--valid-docs", "1", "--skip-bad-lines", "--input"])
-        .arg(&bad)
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
+    let output = prepare(&["--vocab", "300", "--valid-docs", "1", "--skip-bad-lines"], &bad, &dir.join("out"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "one document held out leaves none to train on");
     assert!(stderr.contains("no training documents"), "{stderr}");
