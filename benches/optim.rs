@@ -42,7 +42,7 @@ fn main() {
     for _ in 0..21 {
         let tape = tape_with_grads(&[&u, &v], vec![row_grad(&mut rng, &values), row_grad(&mut rng, &values)]);
         let start = Instant::now();
-        adamw.step(&mut [&mut u, &mut v], &tape, 1.0);
+        adamw.step(&mut [&mut u, &mut v], &tape, 1.0, 1.0);
         sparse_times.push(start.elapsed().as_secs_f64());
     }
     let first = sparse_times.remove(0);
@@ -56,7 +56,7 @@ fn main() {
             vec![Grad::Dense(Tensor::full(&[ROWS, WIDTH], 1e-3)), Grad::Dense(Tensor::full(&[ROWS, WIDTH], 1e-3))];
         let tape = tape_with_grads(&[&u, &v], grads);
         let start = Instant::now();
-        adamw.step(&mut [&mut u, &mut v], &tape, 1.0);
+        adamw.step(&mut [&mut u, &mut v], &tape, 1.0, 1.0);
         dense_times.push(start.elapsed().as_secs_f64());
     }
     let first = dense_times.remove(0);

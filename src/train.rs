@@ -18,7 +18,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::loader::{Batch, TokenDataset};
 use crate::model::{flops, Gpt, ModelConfig};
 use crate::nn::Module;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
@@ -197,13 +197,10 @@ impl Trainer {
         }
         self.tape.backward(&loss);
         drop(loss);
-        let grad_norm = {
-            let params = self.model.params();
-            let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
-            clip_grad_norm(&params, &mut self.tape, max_norm)
-        };
+        let grad_norm = grad_norm(&self.model.params(), &mut self.tape);
+        let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
         let lr_scale = self.schedule.lr_scale(self.step);
-        self.optimizer.step(&mut self.model.params_mut(), &self.tape, lr_scale);
+        self.optimizer.step(&mut self.model.params_mut(), &self.tape, lr_scale, clip_factor(grad_norm, max_norm));
         self.tape.clear();
         self.step += 1;
         Ok(StepStats { loss: ce, grad_norm, lr: f64::from(self.config.train.lr * lr_scale) })

@@ -59,7 +59,7 @@ fn ten_thousand_steps_keep_memory_flat() {
         let nodes = tape.len();
         tape.backward(&loss);
         drop(loss);
-        optimizer.step(&mut model.params_mut(), &tape, 1.0);
+        optimizer.step(&mut model.params_mut(), &tape, 1.0, 1.0);
         tape.clear();
         if step == 10 {
             capacity_after_warmup = tape.capacity();

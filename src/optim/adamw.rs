@@ -112,10 +112,12 @@ pub(super) struct AdamCoefficients {
     eps: f32,
     /// `1 − lr·λ`, or 1 for parameters without decay.
     decay: f32,
+    /// The gradient-clipping factor (`super::clip::clip_factor`), applied to g as it is read.
+    grad_scale: f32,
 }
 
 impl AdamCoefficients {
-    fn new(config: &AdamWConfig, kind: ParamKind, step: u64, lr_scale: f32) -> Self {
+    fn new(config: &AdamWConfig, kind: ParamKind, step: u64, lr_scale: f32, grad_scale: f32) -> Self {
         let (beta1, beta2) = (f64::from(config.beta1), f64::from(config.beta2));
         let base_lr = if kind == ParamKind::Table { config.table_lr } else { config.lr };
         let lr = f64::from(base_lr) * f64::from(lr_scale);
@@ -130,20 +132,23 @@ impl AdamCoefficients {
             inv_sqrt_bias2: (1.0 / (1.0 - beta2.powf(t)).sqrt()) as f32,
             eps: config.eps,
             decay: (1.0 - lr * weight_decay) as f32,
+            grad_scale,
         }
     }
 }
 
 /// The fused AdamW update of a run of elements: reads and writes each of p, m, v once. Plain indexed
 /// arithmetic (no `mul_add`: Rust never contracts `a*b + c`), which the compiler vectorises, so every
-/// caller (dense chunks, sparse rows) computes bit-identical results for the same inputs.
+/// caller (dense chunks, sparse rows) computes bit-identical results for the same inputs. The gradient
+/// is clipped as it is read: `g·grad_scale` is the same f32 product a rescaling pass would have stored.
 #[inline]
 pub(super) fn adam_update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &AdamCoefficients) {
     let n = p.len();
     let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
     for i in 0..n {
-        m[i] = c.beta1 * m[i] + c.one_minus_beta1 * g[i];
-        v[i] = c.beta2 * v[i] + c.one_minus_beta2 * (g[i] * g[i]);
+        let g = g[i] * c.grad_scale;
+        m[i] = c.beta1 * m[i] + c.one_minus_beta1 * g;
+        v[i] = c.beta2 * v[i] + c.one_minus_beta2 * (g * g);
         let denom = v[i].sqrt() * c.inv_sqrt_bias2 + c.eps;
         p[i] = p[i] * c.decay - c.step_size * (m[i] / denom);
     }
@@ -182,13 +187,14 @@ impl AdamW {
     }
 
     /// One AdamW step on every parameter that has a gradient on `tape`, with learning rates scaled by
-    /// `lr_scale` (from [`super::CosineSchedule::lr_scale`]). The step count advances once per call,
-    /// and all parameters share it in their bias correction.
+    /// `lr_scale` (from [`super::CosineSchedule::lr_scale`]) and every gradient multiplied by
+    /// `grad_scale` (the clipping factor from [`super::clip_factor`], 1 for none). The step count
+    /// advances once per call, and all parameters share it in their bias correction.
     ///
     /// Panics (engine bugs, not user input) if two parameters share a name, if a gradient or stored
     /// moment does not have its parameter's shape, or if a row-sparse gradient names a row outside its
     /// table.
-    pub fn step(&mut self, params: &mut [&mut Param], tape: &Tape, lr_scale: f32) {
+    pub fn step(&mut self, params: &mut [&mut Param], tape: &Tape, lr_scale: f32, grad_scale: f32) {
         assert_unique_names(params.iter().map(|p| p.name.as_str()));
         self.step += 1;
         for param in params.iter_mut() {
@@ -196,7 +202,7 @@ impl AdamW {
             let Some(grad) = tape.grad(param) else { continue };
             let shape = param.value.shape().to_vec();
             assert_eq!(grad.shape(), &shape[..], "AdamW: gradient of {:?} has the wrong shape", param.name);
-            let coefficients = AdamCoefficients::new(&self.config, param.kind, self.step, lr_scale);
+            let coefficients = AdamCoefficients::new(&self.config, param.kind, self.step, lr_scale, grad_scale);
             let moments = self.state.entry(param.name.clone()).or_insert_with(|| Moments::zeros(&shape));
             assert_eq!(moments.m.shape(), &shape[..], "AdamW: stored moments of {:?} have the wrong shape", param.name);
             let (m, v) = (moments.m.data_mut(), moments.v.data_mut());
@@ -296,7 +302,7 @@ mod tests {
     fn first_step_moves_each_coordinate_by_about_lr() {
         // At t = 1 the bias-corrected step is lr·g/(|g| + ε'): a sign step of size lr (Kingma & Ba, §2).
         let config = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
-        let c = AdamCoefficients::new(&config, ParamKind::Weight, 1, 1.0);
+        let c = AdamCoefficients::new(&config, ParamKind::Weight, 1, 1.0, 1.0);
         let (mut p, mut m, mut v) = (vec![1.0f32, 1.0], vec![0.0; 2], vec![0.0; 2]);
         adam_update(&mut p, &mut m, &mut v, &[0.5, -2.0], &c);
         assert!((p[0] - (1.0 - 1e-3)).abs() < 1e-6 && (p[1] - (1.0 + 1e-3)).abs() < 1e-6, "{p:?}");
@@ -305,9 +311,9 @@ mod tests {
     #[test]
     fn groups_get_their_rate_and_decay() {
         let config = AdamWConfig { lr: 0.1, table_lr: 0.5, weight_decay: 0.2, ..AdamWConfig::default() };
-        let weight = AdamCoefficients::new(&config, ParamKind::Weight, 1, 0.5);
-        let no_decay = AdamCoefficients::new(&config, ParamKind::NoDecay, 1, 0.5);
-        let table = AdamCoefficients::new(&config, ParamKind::Table, 1, 0.5);
+        let weight = AdamCoefficients::new(&config, ParamKind::Weight, 1, 0.5, 1.0);
+        let no_decay = AdamCoefficients::new(&config, ParamKind::NoDecay, 1, 0.5, 1.0);
+        let table = AdamCoefficients::new(&config, ParamKind::Table, 1, 0.5, 1.0);
         assert!((weight.decay - (1.0 - 0.05 * 0.2)).abs() < 1e-7);
         assert_eq!((no_decay.decay, table.decay), (1.0, 1.0));
         assert!((table.step_size - 0.25 / 0.1).abs() < 1e-5, "{}", table.step_size);

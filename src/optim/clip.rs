@@ -1,8 +1,11 @@
-//! Global gradient-norm clipping (Pascanu et al. 2013), as `torch.nn.utils.clip_grad_norm_`.
+//! Global gradient-norm clipping (Pascanu et al. 2013), with the arithmetic of
+//! `torch.nn.utils.clip_grad_norm_`.
 //!
 //! The norm is taken over all parameters' gradients together, `‖g‖ = √(Σ_params Σ_i g_i²)`, and if it
 //! exceeds `max_norm` every gradient is multiplied by `max_norm / (‖g‖ + 10⁻⁶)`: the direction of the
 //! whole update is kept, only its length is bounded, so one bad batch cannot throw the model far.
+//! [`grad_norm`] computes the norm and [`clip_factor`] the multiplier, which the optimizer applies as it
+//! reads the gradients.
 //!
 //! Row-sparse gradients are coalesced in place first: a row retrieved twice contributes
 //! `(g₁ + g₂)²`, as in the dense gradient, not `g₁² + g₂²`. The optimizer then finds them coalesced.
@@ -17,31 +20,35 @@ use crate::grad::Grad;
 use crate::param::Param;
 use crate::tape::Tape;
 
-/// Elements per rayon task for the sum of squares and the rescaling.
+/// Elements per rayon task for the sum of squares.
 const CHUNK: usize = 1 << 14;
 
-/// Rescales the gradients of `params` on `tape` so their global norm is at most `max_norm`, and returns
-/// the norm before clipping. A non-finite norm (an overflow or NaN somewhere) is returned as is and
-/// nothing is scaled: the caller should skip the step.
-pub fn clip_grad_norm(params: &[&Param], tape: &mut Tape, max_norm: f64) -> f64 {
+/// The global norm of the gradients of `params` on `tape` (a parameter listed twice counts once).
+/// Row-sparse gradients are coalesced in place on the way, as the module comment explains.
+pub fn grad_norm(params: &[&Param], tape: &mut Tape) -> f64 {
     let mut seen = HashSet::new();
-    let unique: Vec<&Param> = params.iter().copied().filter(|p| seen.insert(p.id())).collect();
     let mut sum_of_squares = 0.0;
-    for param in &unique {
+    for param in params.iter().filter(|p| seen.insert(p.id())) {
         if let Some(grad) = tape.grad_mut(param) {
             sum_of_squares += squared_norm(grad_values(grad));
         }
     }
-    let norm = sum_of_squares.sqrt();
+    sum_of_squares.sqrt()
+}
+
+/// What clipping multiplies every gradient by: `max_norm / (norm + 10⁻⁶)` when `norm` exceeds
+/// `max_norm`, otherwise 1. A non-finite norm gives 1: there is no sensible direction to keep, and the
+/// caller should skip the step.
+///
+/// The factor is not applied here: [`super::AdamW::step`] takes it as `grad_scale` and multiplies each
+/// gradient element as it reads it. Rescaling in place first, as `clip_grad_norm_` does, would cost one
+/// more read and write of every gradient; on a PEER layer those are a few hundred megabytes a step.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
     if norm.is_finite() && norm > max_norm {
-        let scale = (max_norm / (norm + 1e-6)) as f32;
-        for param in &unique {
-            if let Some(grad) = tape.grad_mut(param) {
-                grad_values(grad).par_chunks_mut(CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|g| *g *= scale));
-            }
-        }
+        (max_norm / (norm + 1e-6)) as f32
+    } else {
+        1.0
     }
-    norm
 }
 
 /// The gradient's values, coalescing a row-sparse one first.
@@ -89,5 +96,16 @@ mod tests {
             let lanes = squared_norm(&values);
             assert!((lanes - plain).abs() <= 1e-12 * plain.max(1.0), "len {len}: {lanes} vs {plain}");
         }
+    }
+
+    #[test]
+    fn the_factor_bounds_the_norm_and_is_one_otherwise() {
+        let factor = clip_factor(4.0, 1.0);
+        assert_eq!(factor, (1.0 / (4.0 + 1e-6)) as f32);
+        assert!((4.0 * f64::from(factor) - 1.0).abs() < 1e-6);
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        assert_eq!(clip_factor(1.0, 1.0), 1.0, "a norm at the bound is left alone");
+        assert_eq!(clip_factor(f64::NAN, 1.0), 1.0);
+        assert_eq!(clip_factor(f64::INFINITY, 1.0), 1.0);
     }
 }

@@ -1,9 +1,9 @@
 //! Floor 3: the optimizer, its learning-rate schedule and gradient clipping.
 //!
 //! A training step reads the parameter gradients that [`crate::tape::Tape::backward`] left on the tape:
-//! [`clip_grad_norm`] first rescales them all so their global norm is at most a bound, then
-//! [`AdamW::step`] updates every parameter in place with the learning rate times
-//! [`CosineSchedule::lr_scale`] of the step. Dense gradients get the fused AdamW update of `adamw`;
+//! [`grad_norm`] first measures their global norm and [`clip_factor`] turns it into the factor that
+//! bounds it, then [`AdamW::step`] updates every parameter in place, scaling each gradient by that factor
+//! as it reads it, with the learning rate times [`CosineSchedule::lr_scale`] of the step. Dense gradients get the fused AdamW update of `adamw`;
 //! row-sparse ones (PEER's expert tables) get the lazy update of `sparse_adam`, which costs time in
 //! proportion to the rows a step touched, not the size of the table.
 
@@ -13,5 +13,5 @@ pub mod schedule;
 pub mod sparse_adam;
 
 pub use adamw::{AdamW, AdamWConfig, OptimStateError};
-pub use clip::clip_grad_norm;
+pub use clip::{clip_factor, grad_norm};
 pub use schedule::CosineSchedule;
