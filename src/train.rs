@@ -7,6 +7,9 @@
 //! a step depends on — weights, optimizer moments, batch-norm running statistics, the step number — goes
 //! into a checkpoint, and every reduction in the engine has a fixed order, so a run stopped and resumed
 //! ends with the same bits as one that never stopped.
+//!
+//! A step whose loss or gradient norm is not finite changes nothing and stops the run, so the last
+//! checkpoint on disk is still the last good state.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -187,7 +190,8 @@ impl Trainer {
         self.step
     }
 
-    /// One optimizer step on `batch`; fails, leaving the weights untouched, if the loss is not finite.
+    /// One optimizer step on `batch`; fails, leaving the weights untouched, if the loss or the gradient
+    /// norm is not finite (a finite loss can still overflow in the backward).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
         self.tape.clear();
         let (loss, ce) = self.model.loss(&mut self.tape, &batch.inputs, &batch.targets, batch.batch_size, true);
@@ -198,6 +202,10 @@ impl Trainer {
         self.tape.backward(&loss);
         drop(loss);
         let grad_norm = grad_norm(&self.model.params(), &mut self.tape);
+        if !grad_norm.is_finite() {
+            self.tape.clear();
+            return Err(TrainError(format!("step {}: the gradient norm is {grad_norm}; stopping", self.step + 1)));
+        }
         let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
         let lr_scale = self.schedule.lr_scale(self.step);
         self.optimizer.step(&mut self.model.params_mut(), &self.tape, lr_scale, clip_factor(grad_norm, max_norm));

@@ -146,3 +146,25 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
         "the good checkpoint was overwritten"
     );
 }
+
+#[test]
+fn an_overflowing_gradient_stops_the_step_and_leaves_the_weights() {
+    let mut trainer = Trainer::new(config()).unwrap();
+    let (batch_size, seq_len) = (trainer.config.train.batch_size, trainer.config.model.seq_len);
+    let inputs: Vec<u32> = (0..batch_size * seq_len).map(|i| (i % 7) as u32).collect();
+    let batch = peerlm::data::Batch { targets: inputs.clone(), inputs, batch_size, seq_len };
+    // One huge weight in the first feed-forward: the layer norms after it keep the loss finite, but the
+    // backward overflows and the gradient norm is NaN. Unchecked, AdamW would write NaN into the weights,
+    // and the next checkpoint would save them.
+    for param in trainer.model.params_mut() {
+        if param.name == "blocks.0.ffw.fc_in.weight" {
+            param.value.data_mut()[0] = 1e30;
+        }
+    }
+    let before: Vec<Vec<f32>> = trainer.model.params().iter().map(|p| p.value.data().to_vec()).collect();
+    let error = trainer.train_step(&batch).unwrap_err();
+    assert!(error.0.contains("gradient norm is NaN"), "{error}");
+    let after: Vec<Vec<f32>> = trainer.model.params().iter().map(|p| p.value.data().to_vec()).collect();
+    assert!(before == after, "a failed step changed the weights");
+    assert_eq!(trainer.step_count(), 0);
+}
