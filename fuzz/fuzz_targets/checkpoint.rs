@@ -1,0 +1,37 @@
+//! Checkpoint parsing on arbitrary bytes: the safetensors header length, the JSON header, each tensor's
+//! dtype, shape and byte span, and the spans' tiling of the data.
+//!
+//! Random bytes almost never start with a plausible 8-byte header length, so each input is also tried as
+//! a "shaped" file: the first two bytes choose where the header ends, the correct length prefix is
+//! written in front of it, and the rest follows as tensor data. That lets the fuzzer reach the JSON and
+//! span checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use peerlm::checkpoint::Checkpoint;
+
+fn check(bytes: &[u8]) {
+    if let Ok(checkpoint) = Checkpoint::parse(bytes) {
+        // A parsed file's tensors fill its data exactly: 4 bytes per element, nothing left over.
+        let elements: usize = checkpoint.tensors.iter().map(|(_, t)| t.numel()).sum();
+        assert!(8 + 4 * elements <= bytes.len());
+        for (_, tensor) in &checkpoint.tensors {
+            assert_eq!(tensor.numel(), tensor.shape().iter().product::<usize>());
+        }
+    }
+}
+
+fn shaped(data: &[u8]) -> Option<Vec<u8>> {
+    let (split, rest) = data.split_first_chunk::<2>()?;
+    let header_len = usize::from(u16::from_le_bytes(*split)).min(rest.len());
+    let mut bytes = (header_len as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(rest);
+    Some(bytes)
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    if let Some(bytes) = shaped(data) {
+        check(&bytes);
+    }
+});
