@@ -109,16 +109,6 @@ impl<T: Float> Grad<T> {
             Grad::Rows(r) => r.to_dense(),
         }
     }
-
-    /// Sum of squares, for global-norm clipping. A row-sparse gradient must be coalesced first,
-    /// or duplicate rows would be counted as separate rows.
-    pub fn sum_of_squares(&self) -> f64 {
-        let values = match self {
-            Grad::Dense(t) => t.data(),
-            Grad::Rows(r) => &r.values[..],
-        };
-        values.iter().map(|&x| x.to_f64() * x.to_f64()).sum()
-    }
 }
 
 fn add_into<T: Float>(acc: &mut [T], g: &[T]) {

@@ -178,7 +178,7 @@ impl<T: Float> Tape<T> {
         self.param_grads.get(&param.id())
     }
 
-    /// Mutable access, for clipping and for coalescing row-sparse gradients in place.
+    /// Mutable access, for coalescing row-sparse gradients in place.
     pub fn grad_mut(&mut self, param: &Param<T>) -> Option<&mut Grad<T>> {
         self.param_grads.get_mut(&param.id())
     }

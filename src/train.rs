@@ -190,21 +190,23 @@ impl Trainer {
         self.step
     }
 
-    /// One optimizer step on `batch`; fails, leaving the weights untouched, if the loss or the gradient
-    /// norm is not finite (a finite loss can still overflow in the backward).
+    /// One optimizer step on `batch`; fails, leaving the trainer as it was (weights, running
+    /// statistics, optimizer state, step), if the loss or the gradient norm is not finite (a finite
+    /// loss can still overflow in the backward).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+        // The training forward updates batch-norm running statistics before we know whether the step
+        // is good, so keep a copy to put back (a few KB: one mean and variance per query feature).
+        let running_stats = self.model.buffers();
         self.tape.clear();
         let (loss, ce) = self.model.loss(&mut self.tape, &batch.inputs, &batch.targets, batch.batch_size, true);
         if !ce.is_finite() || !loss.value().item().is_finite() {
-            self.tape.clear();
-            return Err(TrainError(format!("step {}: the loss is {ce}; stopping", self.step + 1)));
+            return Err(self.undo_step(running_stats, format!("the loss is {ce}")));
         }
         self.tape.backward(&loss);
         drop(loss);
         let grad_norm = grad_norm(&self.model.params(), &mut self.tape);
         if !grad_norm.is_finite() {
-            self.tape.clear();
-            return Err(TrainError(format!("step {}: the gradient norm is {grad_norm}; stopping", self.step + 1)));
+            return Err(self.undo_step(running_stats, format!("the gradient norm is {grad_norm}")));
         }
         let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
         let lr_scale = self.schedule.lr_scale(self.step);
@@ -212,6 +214,14 @@ impl Trainer {
         self.tape.clear();
         self.step += 1;
         Ok(StepStats { loss: ce, grad_norm, lr: f64::from(self.config.train.lr * lr_scale) })
+    }
+
+    /// Puts back the running statistics a failed step's forward changed, and says why it failed.
+    fn undo_step(&mut self, running_stats: Vec<(String, Tensor<f32>)>, why: String) -> TrainError {
+        self.tape.clear();
+        let mut saved: BTreeMap<_, _> = running_stats.into_iter().collect();
+        self.model.load_buffers(&mut saved).expect("the buffers were taken from this model");
+        TrainError(format!("step {}: {why}; stopping", self.step + 1))
     }
 
     /// Mean cross-entropy (nats per token) over up to `max_batches` validation batches (0: all).

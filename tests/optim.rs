@@ -214,7 +214,8 @@ fn a_parameter_listed_twice_counts_once() {
 }
 
 /// Clipping inside the step (`grad_scale`) is exactly a step on gradients rescaled beforehand, dense and
-/// row-sparse, with duplicates.
+/// row-sparse, with duplicates: coalesced first (as `grad_norm` leaves them in training) or summed by the
+/// lazy update itself.
 #[test]
 fn a_scaled_step_equals_a_step_on_scaled_gradients() {
     let mut rng = Rng::new(8);
@@ -224,27 +225,31 @@ fn a_scaled_step_equals_a_step_on_scaled_gradients() {
     let ids: Vec<u32> = (0..50).map(|_| rng.below(40) as u32).collect();
     let values: Vec<f32> = (0..ids.len() * 8).map(|_| rng.normal() as f32).collect();
     let scale = 0.37f32;
-    let run = |grads: Vec<Grad>, grad_scale: f32| {
+    let run = |grads: Vec<Grad>, grad_scale: f32, coalesce_first: bool| {
         let mut w = Param::new("w", ParamKind::Weight, weight.clone());
         let mut t = Param::new("table", ParamKind::Table, table.clone());
         let mut tape = tape_with_grads(&[&w, &t], grads);
-        grad_norm(&[&w, &t], &mut tape); // coalesces the rows, as in training
-                                         // Adam's step is nearly scale-free (m/√v); a large eps makes it depend on the scale, so a
-                                         // dropped factor would show.
+        if coalesce_first {
+            grad_norm(&[&w, &t], &mut tape);
+        }
+        // Adam's step is nearly scale-free (m/√v); a large eps makes it depend on the scale, so a
+        // dropped factor would show.
         let config = AdamWConfig { eps: 0.5, ..AdamWConfig::default() };
         AdamW::new(config).step(&mut [&mut w, &mut t], &tape, 1.0, grad_scale);
         [w.value.data(), t.value.data()].concat()
     };
     let rows = RowGrad::new(&[40, 8], ids.clone(), values.clone());
-    let folded = run(vec![Grad::Dense(dense_grad.clone()), Grad::Rows(rows.clone())], scale);
-    assert_ne!(folded, run(vec![Grad::Dense(dense_grad.clone()), Grad::Rows(rows)], 1.0), "the scale must matter");
+    let grads = || vec![Grad::Dense(dense_grad.clone()), Grad::Rows(rows.clone())];
+    assert_ne!(run(grads(), scale, true), run(grads(), 1.0, true), "the scale must matter");
 
     let mut scaled_rows = RowGrad::new(&[40, 8], ids, values);
     scaled_rows.coalesce();
     scaled_rows.values.iter_mut().for_each(|g| *g *= scale);
     let scaled_dense = Tensor::from_vec(&[6, 5], dense_grad.data().iter().map(|g| g * scale).collect());
-    let rescaled = run(vec![Grad::Dense(scaled_dense), Grad::Rows(scaled_rows)], 1.0);
-    assert_eq!(folded, rescaled);
+    let rescaled = run(vec![Grad::Dense(scaled_dense), Grad::Rows(scaled_rows)], 1.0, true);
+    for coalesce_first in [true, false] {
+        assert_eq!(run(grads(), scale, coalesce_first), rescaled, "coalesced first: {coalesce_first}");
+    }
 }
 
 /// A few clipped AdamW steps on a large dense weight and a large table, returning everything they

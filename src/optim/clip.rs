@@ -1,5 +1,5 @@
-//! Global gradient-norm clipping (Pascanu et al. 2013), with the arithmetic of
-//! `torch.nn.utils.clip_grad_norm_`.
+//! Global gradient-norm clipping (Pascanu et al. 2013), computed as
+//! `torch.nn.utils.clip_grad_norm_` computes it.
 //!
 //! The norm is taken over all parameters' gradients together, `‖g‖ = √(Σ_params Σ_i g_i²)`, and if it
 //! exceeds `max_norm` every gradient is multiplied by `max_norm / (‖g‖ + 10⁻⁶)`: the direction of the
