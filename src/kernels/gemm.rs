@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::Float;
+use super::{memory, Float};
 
 /// Below this many flops (2·m·n·k) a block is not worth a rayon task (~0.03 ms of one core).
 const MIN_TASK_FLOPS: usize = 4 << 20;
@@ -92,25 +92,61 @@ impl<T> SharedOut<T> {
 /// `c = a·b`, or `c += a·b` when `accumulate`; `c` is row-major m×n. Runs on several threads when the
 /// product is large enough; the result does not depend on the number of threads.
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
-    let (m, k) = a.dims();
-    let (k2, n) = b.dims();
-    assert_eq!(k, k2, "gemm: inner dimensions differ ({m}x{k} · {k2}x{n})");
+    let (m, n) = product_dims(a, b);
     assert_eq!(c.len(), m * n, "gemm: output buffer of {} for {m}x{n}", c.len());
-    if m == 0 || n == 0 {
+    let beta = if accumulate { T::ONE } else { T::ZERO };
+    if a.dims().1 == 0 {
+        c.iter_mut().for_each(|x| *x *= beta);
         return;
     }
-    let beta = if accumulate { T::ONE } else { T::ZERO };
-    if k == 0 {
-        c.iter_mut().for_each(|x| *x *= beta);
+    // SAFETY: `c` is an exclusive borrow of m×n elements, distinct from `a` and `b`.
+    unsafe { multiply(a, b, c.as_mut_ptr(), beta) }
+}
+
+/// `a·b` as a new row-major m×n vector. Unlike `gemm` into a zeroed buffer, it does not write the
+/// buffer twice: with β = 0 `matrixmultiply` writes every element of C without reading it ("If β is
+/// zero, then C does not need to be initialized"), so the buffer is never zeroed (see
+/// [`super::memory::par_vec_uninit`] on what zeroing costs).
+pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
+    let (m, n) = product_dims(a, b);
+    if a.dims().1 == 0 {
+        return vec![T::ZERO; m * n];
+    }
+    let mut c = memory::uninit_vec(m * n);
+    // SAFETY: the buffer holds m×n elements and is a fresh allocation, distinct from `a` and `b`; with
+    // β = 0 the blocks of `multiply`, which tile C, write every element and read none, so all m×n
+    // elements are initialised when the length is set.
+    unsafe {
+        multiply(a, b, c.as_mut_ptr(), T::ZERO);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// (m, n) of `a·b`; panics, naming both shapes, if the inner dimensions differ.
+fn product_dims<T: Float>(a: MatRef<T>, b: MatRef<T>) -> (usize, usize) {
+    let ((m, k), (k2, n)) = (a.dims(), b.dims());
+    assert_eq!(k, k2, "gemm: inner dimensions differ ({m}x{k} · {k2}x{n})");
+    (m, n)
+}
+
+/// `C = a·b + beta·C` for the row-major m×n matrix at `c`, in blocks spread over the cores.
+///
+/// # Safety
+/// `c` points to m×n elements that nothing else reads or writes meanwhile and that do not overlap `a` or
+/// `b`; they must be initialised unless `beta` is 0. The inner dimension k is not 0.
+unsafe fn multiply<T: Float>(a: MatRef<T>, b: MatRef<T>, c: *mut T, beta: T) {
+    let ((m, k), (_, n)) = (a.dims(), b.dims());
+    if m == 0 || n == 0 {
         return;
     }
     let split_rows = m >= n;
     let blocks = blocks_along(if split_rows { m } else { n }, 2 * m * n * k);
-    let out = SharedOut(c.as_mut_ptr());
+    let out = SharedOut(c);
     let run = |block: Range<usize>| {
         let (rows, cols) = if split_rows { (block, 0..n) } else { (0..m, block) };
-        // SAFETY: `rows` and `cols` lie inside m×n (from `blocks_along`), the blocks are disjoint, and `c`
-        // is an exclusive borrow of m*n elements distinct from `a` and `b`.
+        // SAFETY: `rows` and `cols` lie inside m×n (from `blocks_along`), the blocks are disjoint, and
+        // the caller hands us m×n elements of our own.
         unsafe { block_product(a, b, rows, cols, out.get(), n, beta) }
     };
     if blocks.len() == 1 {
@@ -224,8 +260,8 @@ mod tests {
         (0..len).map(|_| rng.normal()).collect()
     }
 
-    /// All four transpose combinations of `c = 1 + a·b` against the naive product.
-    fn check_shape(m: usize, k: usize, n: usize) {
+    /// `multiply(a, b)` against the naive product, for all four transpose combinations.
+    fn check_product(m: usize, k: usize, n: usize, multiply: impl Fn(MatRef<f64>, MatRef<f64>) -> Vec<f64>) {
         let a = random(m * k, 1);
         let b = random(k * n, 2);
         let want = naive(&a, &b, m, k, n);
@@ -233,11 +269,32 @@ mod tests {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let am = if ta { MatRef::new(&at, k, m).t() } else { MatRef::new(&a, m, k) };
             let bm = if tb { MatRef::new(&bt, n, k).t() } else { MatRef::new(&b, k, n) };
-            let mut c = vec![1.0; m * n];
-            gemm(am, bm, &mut c, true);
-            for (got, w) in c.iter().zip(&want) {
-                assert!((got - (w + 1.0)).abs() < 1e-10 * (1.0 + k as f64), "{m}x{k}x{n} ta={ta} tb={tb}");
+            let got = multiply(am, bm);
+            assert_eq!(got.len(), m * n);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-10 * (1.0 + k as f64), "{m}x{k}x{n} ta={ta} tb={tb}: {g} vs {w}");
             }
+        }
+    }
+
+    /// `c = 1 + a·b` through `gemm`'s accumulate path.
+    fn check_shape(m: usize, k: usize, n: usize) {
+        check_product(m, k, n, |a, b| {
+            let mut c = vec![1.0; m * n];
+            gemm(a, b, &mut c, true);
+            c.iter().map(|x| x - 1.0).collect()
+        });
+    }
+
+    #[test]
+    fn product_writes_every_element() {
+        for &(m, k, n) in &[(5, 7, 3), (0, 3, 4), (3, 0, 4), (1, 33, 130), (401, 129, 297), (297, 129, 401)] {
+            check_product(m, k, n, |a, b| {
+                // The allocator most likely hands this freed NaN buffer to `product`, so an element it
+                // left unwritten would hold NaN or other stale bits, not the product.
+                drop(vec![f64::NAN; m * n]);
+                product(a, b)
+            });
         }
     }
 

@@ -1,7 +1,8 @@
 //! How the engine asks the operating system for memory: large buffers on huge pages, freed buffers kept
 //! for the next step.
 //!
-//! Two facts of Linux and glibc shape a training step's speed as much as any arithmetic loop:
+//! Three facts of Linux, glibc and the memory system shape a training step's speed as much as any
+//! arithmetic loop:
 //!
 //! - **Freed buffers go back to the OS.** A step allocates the same activations and gradients as the step
 //!   before and frees them when its tape is cleared. glibc serves a block above its mmap threshold (128 KiB
@@ -20,7 +21,15 @@
 //!   fault. This works when `/sys/kernel/mm/transparent_hugepage/enabled` is `madvise` (most
 //!   distributions' default) or `always`; with `never` it is a no-op.
 //!
-//! Both are hints: if the platform lacks them, the engine computes the same numbers, only slower.
+//! - **Zeroing is a pass over memory.** `vec![0.0; n]` writes n zeros before the op writes its values;
+//!   above cache size that is one more trip to DRAM. [`par_vec_uninit`] lets a kernel that writes every
+//!   element of its output skip it.
+//!
+//! The first two are hints: if the platform lacks them, the engine computes the same numbers, only slower.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
 
 /// Buffers from this size up are advised onto huge pages: below it, a 2 MiB page would mostly hold
 /// other allocations' memory.
@@ -48,9 +57,51 @@ pub fn retain_freed_buffers() -> bool {
 /// A vector of `len` elements made by calling `element` in order, whose pages are advised to be huge
 /// if it takes at least [`HUGE_PAGE_MIN_BYTES`] (see the module comment).
 pub fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
+    let mut data = uninit_vec(len);
+    data.extend(std::iter::repeat_with(element).take(len));
+    data
+}
+
+/// A vector of `len` elements written by `fill` chunk by chunk, in parallel, without zeroing the buffer
+/// first; with it, what each call of `fill` returned, in chunk order.
+///
+/// Zeroing a buffer larger than the caches is one more pass over memory: the zeros are written out, and
+/// the lines are read back in when the real values overwrite them. A layer norm otherwise reads x once
+/// and writes y once, so the zeroing cost it about a third of its time (docs/PERFORMANCE.md).
+///
+/// The buffer is cut into chunks of `chunk_len` elements (the last may be shorter), and `fill(i, chunk)`
+/// gets chunk `i`. At least `min_chunks_per_task` chunks go to each rayon task: `usize::MAX` runs them
+/// all on the calling thread, in order. Large buffers are advised onto huge pages, as in [`vec_from_fn`].
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given (with `MaybeUninit::write`): afterwards the
+/// vector's elements are read as initialised values.
+pub unsafe fn par_vec_uninit<T: Send, R: Send>(
+    len: usize,
+    chunk_len: usize,
+    min_chunks_per_task: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let mut data = uninit_vec(len);
+    let slots = &mut data.spare_capacity_mut()[..len];
+    let results = slots
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .with_min_len(min_chunks_per_task)
+        .map(|(i, chunk)| fill(i, chunk))
+        .collect();
+    // SAFETY: the chunks tile the first `len` slots, and the caller guarantees `fill` wrote every slot of
+    // every chunk. Had `fill` panicked, the length would still be 0 and nothing uninitialised is read.
+    unsafe { data.set_len(len) };
+    (data, results)
+}
+
+/// An empty vector with room for `len` elements, its pages advised to be huge if it takes at least
+/// [`HUGE_PAGE_MIN_BYTES`]: for a kernel that writes all `len` elements through raw pointers or
+/// `spare_capacity_mut` and then sets the length.
+pub fn uninit_vec<T>(len: usize) -> Vec<T> {
     let mut data = Vec::with_capacity(len);
     advise_huge_pages(data.spare_capacity_mut());
-    data.extend(std::iter::repeat_with(element).take(len));
     data
 }
 
@@ -108,6 +159,23 @@ mod tests {
             });
             assert_eq!(data.len(), len);
             assert!(data.iter().enumerate().all(|(i, &x)| x as usize == i + 1));
+        }
+    }
+
+    #[test]
+    fn par_vec_uninit_holds_what_fill_wrote_in_chunk_order() {
+        for (len, chunk_len, min_chunks) in [(0, 4, 1), (1, 4, 1), (10, 3, 1), (1000, 7, 2), (1000, 64, usize::MAX)] {
+            // SAFETY: the closure writes every slot of its chunk.
+            let (data, firsts) = unsafe {
+                par_vec_uninit(len, chunk_len, min_chunks, |chunk, slots: &mut [MaybeUninit<usize>]| {
+                    for (j, slot) in slots.iter_mut().enumerate() {
+                        slot.write(chunk * chunk_len + j);
+                    }
+                    chunk * chunk_len
+                })
+            };
+            assert_eq!(data, (0..len).collect::<Vec<_>>());
+            assert_eq!(firsts, (0..len.div_ceil(chunk_len)).map(|c| c * chunk_len).collect::<Vec<_>>());
         }
     }
 

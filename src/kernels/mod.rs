@@ -13,7 +13,7 @@ pub mod topk;
 pub mod vector;
 
 pub use float::{Float, SimdVec};
-pub use gemm::{gemm, gemm_batched, MatRef};
+pub use gemm::{gemm, gemm_batched, product, MatRef};
 pub use peer::ExpertActivation;
 pub use row_groups::RowGroups;
 pub use topk::topk_rows;

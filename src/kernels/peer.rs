@@ -39,11 +39,12 @@
 //! chunk boundaries, and with them the rounding of the others' sums. Memory is
 //! O(T·m + EXPERT_CHUNKS·T·d + distinct·d): still never `[T, m, d]`.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::memory::prefetch_row;
+use super::memory::{self, prefetch_row};
 use super::row_groups::RowGroups;
 use super::{Float, SimdVec};
 
@@ -207,6 +208,18 @@ pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
+/// `y = alpha · x` into a row that was never initialised, returned as initialised values: the first
+/// write of an expert's gradient row, in a buffer the backward does not zero first.
+fn scale_into_uninit<'a, T: Float>(alpha: T, x: &[T], y: &'a mut [MaybeUninit<T>]) -> &'a mut [T] {
+    assert_eq!(x.len(), y.len(), "scale_into_uninit: rows of different lengths");
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        yi.write(alpha * xi);
+    }
+    // SAFETY: the loop wrote all `y.len()` elements (x is as long), and `MaybeUninit<T>` has the layout
+    // of `T`.
+    unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// The inputs of the expert op, as flat row-major slices.
 #[derive(Clone, Copy)]
 pub struct ExpertBatch<'a, T> {
@@ -349,8 +362,9 @@ pub struct ExpertGrads<T> {
 /// One chunk's share of the backward: its experts' `du`/`dv` rows and its occurrences' `dgates`.
 struct BackwardChunk<'a, T> {
     groups: Range<usize>,
-    du: &'a mut [T],
-    dv: &'a mut [T],
+    /// Not yet written: [`backward_chunk`] writes every row.
+    du: &'a mut [MaybeUninit<T>],
+    dv: &'a mut [MaybeUninit<T>],
     /// dgates in occurrence order.
     dgates: &'a mut [T],
     /// The pre-activations of the same occurrences.
@@ -362,12 +376,13 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
     let (d, groups) = (batch.d, batch.groups);
     let bounds = batch.chunk_bounds();
     let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| groups.starts[g]).collect();
-    let mut du = vec![T::ZERO; groups.len() * d];
-    let mut dv = vec![T::ZERO; groups.len() * d];
+    // du and dv (each up to a table's size) are not zeroed: every expert's first occurrence writes its
+    // rows, the others add to them.
+    let (mut du, mut dv) = (memory::uninit_vec(groups.len() * d), memory::uninit_vec(groups.len() * d));
     let mut dgates_sorted = vec![T::ZERO; pre.len()];
-    let chunks: Vec<BackwardChunk<T>> = split_at_bounds(&mut du, &bounds, d)
+    let chunks: Vec<BackwardChunk<T>> = split_at_bounds(&mut du.spare_capacity_mut()[..groups.len() * d], &bounds, d)
         .into_iter()
-        .zip(split_at_bounds(&mut dv, &bounds, d))
+        .zip(split_at_bounds(&mut dv.spare_capacity_mut()[..groups.len() * d], &bounds, d))
         .zip(split_at_bounds(&mut dgates_sorted, &occurrence_bounds, 1))
         .enumerate()
         .map(|(c, ((du, dv), dgates))| BackwardChunk {
@@ -379,6 +394,12 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
         })
         .collect();
     let parts: Vec<Vec<T>> = chunks.into_par_iter().map(|chunk| backward_chunk(batch, grad_out, chunk)).collect();
+    // SAFETY: the chunks tile the first groups.len()·d slots of du and dv (`chunk_bounds` runs from 0 to
+    // groups.len()), and `backward_chunk` wrote every row of its chunk or panicked.
+    unsafe {
+        du.set_len(groups.len() * d);
+        dv.set_len(groups.len() * d);
+    }
     // Back from occurrence order to token order.
     let mut dgates = vec![T::ZERO; pre.len()];
     for (&pos, &dg) in groups.occurrences.iter().zip(&dgates_sorted) {
@@ -399,21 +420,22 @@ fn backward_chunk<T: Float>(batch: &ExpertBatch<T>, grad_out: &[T], chunk: Backw
     batch.act.apply_all(chunk.pre, &mut act);
     batch.act.derivative_all(chunk.pre, &mut dh); // σ'(h) for now, dh once multiplied below
     let mut occurrences = act.iter().zip(dh.iter_mut()).zip(chunk.dgates.iter_mut());
-    for (g, dv_row) in chunk.groups.clone().zip(chunk.dv.chunks_exact_mut(d)) {
+    for (g, dv_slots) in chunk.groups.clone().zip(chunk.dv.chunks_exact_mut(d)) {
         batch.prefetch(batch.v, g + PREFETCH_AHEAD);
         let v_row = batch.row(batch.v, groups.rows[g]);
-        for (i, (&pos, ((&a, dh), dgate))) in groups.group(g).iter().zip(&mut occurrences).enumerate() {
+        let (mut unwritten, mut dv_row) = (Some(dv_slots), &mut [][..]);
+        for (&pos, ((&a, dh), dgate)) in groups.group(g).iter().zip(&mut occurrences) {
             let (t, gate) = (pos as usize / m, batch.gates[pos as usize]);
             let g_t = &grad_out[t * d..(t + 1) * d];
             let vg = dot(v_row, g_t);
             *dgate = a * vg;
             *dh = gate * *dh * vg;
-            if i == 0 {
-                scale_into(gate * a, g_t, dv_row);
-            } else {
-                axpy(gate * a, g_t, dv_row);
+            match unwritten.take() {
+                Some(slots) => dv_row = scale_into_uninit(gate * a, g_t, slots),
+                None => axpy(gate * a, g_t, dv_row),
             }
         }
+        assert!(unwritten.is_none(), "expert group {g} has no occurrence");
     }
     let mut dx = vec![T::ZERO; batch.x.len()];
     let mut dh_iter = dh.iter();
@@ -426,15 +448,16 @@ fn backward_chunk<T: Float>(batch: &ExpertBatch<T>, grad_out: &[T], chunk: Backw
         }
     }
     let mut dh_iter = dh.iter();
-    for (g, du_row) in chunk.groups.zip(chunk.du.chunks_exact_mut(d)) {
-        for (i, (&pos, &dh)) in groups.group(g).iter().zip(&mut dh_iter).enumerate() {
+    for (g, du_slots) in chunk.groups.zip(chunk.du.chunks_exact_mut(d)) {
+        let (mut unwritten, mut du_row) = (Some(du_slots), &mut [][..]);
+        for (&pos, &dh) in groups.group(g).iter().zip(&mut dh_iter) {
             let x_t = batch.token(pos as usize / m);
-            if i == 0 {
-                scale_into(dh, x_t, du_row);
-            } else {
-                axpy(dh, x_t, du_row);
+            match unwritten.take() {
+                Some(slots) => du_row = scale_into_uninit(dh, x_t, slots),
+                None => axpy(dh, x_t, du_row),
             }
         }
+        assert!(unwritten.is_none(), "expert group {g} has no occurrence");
     }
     dx
 }
@@ -455,6 +478,16 @@ mod tests {
             for ((yi, ai), bi) in y.iter().zip(&a).zip(&b) {
                 assert!((yi - (bi + 0.5 * ai)).abs() < 1e-15, "axpy, n = {n}");
             }
+        }
+    }
+
+    #[test]
+    fn scale_into_uninit_writes_the_whole_row() {
+        for n in [0, 1, 17, 256] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
+            let mut slots = vec![MaybeUninit::<f32>::uninit(); n];
+            let row = scale_into_uninit(2.0, &x, &mut slots);
+            assert_eq!(row.to_vec(), x.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
         }
     }
 

@@ -5,7 +5,7 @@
 //! [`MatRef::t`] view, i.e. swapped strides handed to the GEMM.
 
 use crate::grad::Grad;
-use crate::kernels::{gemm, gemm_batched, Float, MatRef};
+use crate::kernels::{gemm_batched, product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -33,8 +33,7 @@ impl<T: Float> Op<T> for MatMul {
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
         let (a, b) = (x[0], x[1]);
         let (rows, k, n) = Self::dims(a, b);
-        let mut out = vec![T::ZERO; rows * n];
-        gemm(MatRef::new(a.data(), rows, k), MatRef::new(b.data(), k, n), &mut out, false);
+        let out = product(MatRef::new(a.data(), rows, k), MatRef::new(b.data(), k, n));
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap() = n;
         Tensor::from_vec(&shape, out)
@@ -46,13 +45,11 @@ impl<T: Float> Op<T> for MatMul {
         let (am, bm, gm) =
             (MatRef::new(a.data(), rows, k), MatRef::new(b.data(), k, n), MatRef::new(g.data(), rows, n));
         let grad_a = needs[0].then(|| {
-            let mut da = vec![T::ZERO; rows * k];
-            gemm(gm, bm.t(), &mut da, false); // dA = dC·Bᵀ
+            let da = product(gm, bm.t()); // dA = dC·Bᵀ
             Grad::Dense(Tensor::from_vec(a.shape(), da))
         });
         let grad_b = needs[1].then(|| {
-            let mut db = vec![T::ZERO; k * n];
-            gemm(am.t(), gm, &mut db, false); // dB = Aᵀ·dC
+            let db = product(am.t(), gm); // dB = Aᵀ·dC
             Grad::Dense(Tensor::from_vec(b.shape(), db))
         });
         vec![grad_a, grad_b]

@@ -11,10 +11,10 @@
 //! gain and bias gradients are summed per chunk and the chunk sums added in chunk order, so the result
 //! is the same whatever the number of threads.
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::grad::Grad;
-use crate::kernels::{Float, SimdVec};
+use crate::kernels::{memory, Float, SimdVec};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -102,44 +102,34 @@ impl<T: Float> Op<T> for Norm<T> {
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
         let d = self.check(x[0], &x[1..]);
-        let rows = x[0].numel() / d.max(1);
-        let (gain, bias) = (x[1].data(), x.get(2).map(|b| b.data()));
-        let mut out = vec![T::ZERO; x[0].numel()];
-        let mut stats = vec![(T::ZERO, T::ZERO); rows];
+        let (x_data, gain, bias) = (x[0].data(), x[1].data(), x.get(2).map(|b| b.data()));
         let this = &*self;
-        let chunks = out
-            .par_chunks_mut(ROWS_PER_CHUNK * d)
-            .zip(stats.par_chunks_mut(ROWS_PER_CHUNK))
-            .zip(x[0].data().par_chunks(ROWS_PER_CHUNK * d))
-            .with_min_len(min_chunks_per_task(x[0].numel()));
-        chunks.for_each(|((out_chunk, stat_chunk), x_chunk)| {
-            for ((y, stat), xr) in out_chunk.chunks_mut(d).zip(stat_chunk).zip(x_chunk.chunks(d)) {
-                let (mean, rstd) = this.row_stats(xr);
-                *stat = (mean, rstd);
-                for ((yj, &xj), &gj) in y.iter_mut().zip(xr).zip(gain) {
-                    *yj = (xj - mean) * rstd * gj;
-                }
-                if let Some(bias) = bias {
-                    y.iter_mut().zip(bias).for_each(|(yj, &bj)| *yj += bj);
-                }
-            }
-        });
-        self.stats = stats;
+        let chunk_len = ROWS_PER_CHUNK * d;
+        let min_chunks = min_chunks_per_task(x[0].numel());
+        // SAFETY: `normalise_row` writes every element of each d-wide row of the chunk.
+        let (out, chunk_stats) = unsafe {
+            memory::par_vec_uninit(x[0].numel(), chunk_len, min_chunks, |chunk, out_chunk| {
+                let x_chunk = &x_data[chunk * chunk_len..][..out_chunk.len()];
+                let rows = out_chunk.chunks_mut(d).zip(x_chunk.chunks(d));
+                rows.map(|(y, xr)| this.normalise_row(y, xr, gain, bias)).collect::<Vec<_>>()
+            })
+        };
+        self.stats = chunk_stats.concat();
         Tensor::from_vec(x[0].shape(), out)
     }
 
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let d = x[0].last_dim();
-        let gain = x[1].data();
-        let mut dx = vec![T::ZERO; x[0].numel()];
+        let (x_data, g_data, gain) = (x[0].data(), g.data(), x[1].data());
+        let chunk_len = ROWS_PER_CHUNK * d;
+        let min_chunks = min_chunks_per_task(x[0].numel());
         // Per chunk: partial sums of dgain and dbias, combined below in chunk order.
-        let partials: Vec<(Vec<T>, Vec<T>)> = dx
-            .par_chunks_mut(ROWS_PER_CHUNK * d)
-            .zip(self.stats.par_chunks(ROWS_PER_CHUNK))
-            .zip(x[0].data().par_chunks(ROWS_PER_CHUNK * d))
-            .zip(g.data().par_chunks(ROWS_PER_CHUNK * d))
-            .with_min_len(min_chunks_per_task(x[0].numel()))
-            .map(|(((dx_chunk, stat_chunk), x_chunk), g_chunk)| {
+        // SAFETY: `backward_row` writes every element of each d-wide row of the chunk.
+        let (dx, partials) = unsafe {
+            memory::par_vec_uninit(x[0].numel(), chunk_len, min_chunks, |chunk, dx_chunk| {
+                let start = chunk * chunk_len;
+                let (x_chunk, g_chunk) = (&x_data[start..][..dx_chunk.len()], &g_data[start..][..dx_chunk.len()]);
+                let stat_chunk = &self.stats[chunk * ROWS_PER_CHUNK..];
                 let mut dgain = vec![T::ZERO; d];
                 let mut dbias = vec![T::ZERO; d];
                 let rows = dx_chunk.chunks_mut(d).zip(stat_chunk).zip(x_chunk.chunks(d)).zip(g_chunk.chunks(d));
@@ -148,7 +138,7 @@ impl<T: Float> Op<T> for Norm<T> {
                 }
                 (dgain, dbias)
             })
-            .collect();
+        };
         let mut dgain = vec![T::ZERO; d];
         let mut dbias = vec![T::ZERO; d];
         for (pg, pb) in &partials {
@@ -167,11 +157,31 @@ impl<T: Float> Op<T> for Norm<T> {
 }
 
 impl<T: Float> Norm<T> {
-    /// One row of the backward: writes dx, adds into the gain and bias gradient sums.
+    /// One row of the forward: writes every element of `y` and returns the row's (mean, rstd).
+    fn normalise_row(&self, y: &mut [MaybeUninit<T>], x: &[T], gain: &[T], bias: Option<&[T]>) -> (T, T) {
+        let same_len = y.len() == x.len() && gain.len() == x.len() && bias.is_none_or(|b| b.len() == x.len());
+        assert!(same_len, "{}: row lengths differ", self.name());
+        let (mean, rstd) = self.row_stats(x);
+        match bias {
+            Some(bias) => {
+                for (((yj, &xj), &gj), &bj) in y.iter_mut().zip(x).zip(gain).zip(bias) {
+                    yj.write((xj - mean) * rstd * gj + bj);
+                }
+            }
+            None => {
+                for ((yj, &xj), &gj) in y.iter_mut().zip(x).zip(gain) {
+                    yj.write((xj - mean) * rstd * gj);
+                }
+            }
+        }
+        (mean, rstd)
+    }
+
+    /// One row of the backward: writes every element of dx, adds into the gain and bias gradient sums.
     #[allow(clippy::too_many_arguments)]
     fn backward_row(
         &self,
-        dx: &mut [T],
+        dx: &mut [MaybeUninit<T>],
         x: &[T],
         g: &[T],
         gain: &[T],
@@ -180,6 +190,7 @@ impl<T: Float> Norm<T> {
         dgain: &mut [T],
         dbias: &mut [T],
     ) {
+        assert!(dx.len() == x.len() && g.len() == x.len(), "{}: row lengths differ", self.name());
         let (len, d) = (x.len(), T::from_usize(x.len()));
         let (mean_v, rstd_v) = (T::Simd::splat(mean), T::Simd::splat(rstd));
         let load = |v: &[T], j: usize| T::Simd::load(&v[j..]);
@@ -194,7 +205,7 @@ impl<T: Float> Norm<T> {
         for j in 0..len {
             let xhat = (x[j] - mean) * rstd;
             let dxhat = g[j] * gain[j];
-            dx[j] = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+            dx[j].write(rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
             dgain[j] += g[j] * xhat;
             dbias[j] += g[j];
         }

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::grad::Grad;
 use crate::kernels::peer::{axpy, scale_into, sum_parts};
 use crate::kernels::topk::{topk_row_into, TopKBuffer};
-use crate::kernels::{gemm, Float, MatRef};
+use crate::kernels::{product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -103,8 +103,7 @@ fn half_topk<T: Float>(q_block: &[T], half: usize, keys: &[T], dims: Dims) -> (V
     let b = q_block.len() / (2 * dh);
     // The half as a contiguous [b, dh] matrix, so that GEMM can read it.
     let q: Vec<T> = q_block.chunks_exact(2 * dh).flat_map(|q| &q[half * dh..(half + 1) * dh]).copied().collect();
-    let mut scores = vec![T::ZERO; b * n];
-    gemm(MatRef::new(&q, b, dh), MatRef::new(keys, n, dh).t(), &mut scores, false);
+    let scores = product(MatRef::new(&q, b, dh), MatRef::new(keys, n, dh).t());
     let (mut values, mut ids) = (vec![T::ZERO; b * k], vec![0u32; b * k]);
     let mut buffer = TopKBuffer::new(k);
     for ((row, values), ids) in scores.chunks_exact(n).zip(values.chunks_exact_mut(k)).zip(ids.chunks_exact_mut(k)) {
