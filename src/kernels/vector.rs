@@ -173,6 +173,29 @@ pub fn for_each_row<D: Send>(dst: &mut [D], dst_width: usize, work_per_row: usiz
     }
 }
 
+/// A new vector whose row r is `values[r]` repeated `width` times: the backward of a sum over rows.
+/// Written once, without zeroing first (see [`super::memory::par_vec_uninit`]), in tasks of whole rows.
+pub fn broadcast_rows<T: Float>(values: &[T], width: usize) -> Vec<T> {
+    let len = values.len() * width;
+    if len == 0 {
+        return Vec::new();
+    }
+    let rows_per_task = CHUNK.div_ceil(width);
+    let min_tasks = if len < PARALLEL_MIN { usize::MAX } else { 1 };
+    // SAFETY: the inner loop writes every slot of every row of the chunk.
+    let (data, _) = unsafe {
+        super::memory::par_vec_uninit(len, rows_per_task * width, min_tasks, |task, slots| {
+            let rows = slots.chunks_mut(width).zip(&values[task * rows_per_task..]);
+            for (row, &value) in rows {
+                row.iter_mut().for_each(|slot| {
+                    slot.write(value);
+                });
+            }
+        })
+    };
+    data
+}
+
 /// `a + b` elementwise into `dst`.
 pub fn add<T: Float>(a: &[T], b: &[T], dst: &mut [T]) {
     zip_map([a, b], dst, |[p, q]| p + q, |[p, q]| p + q);
@@ -260,6 +283,16 @@ mod tests {
     /// Values in roughly [-3, 3], different for every index and length.
     fn values<T: Float>(n: usize, salt: usize) -> Vec<T> {
         (0..n).map(|i| T::from_f64((((i * 7 + salt * 13) % 23) as f64 - 11.0) * 0.27)).collect()
+    }
+
+    #[test]
+    fn broadcast_rows_repeats_each_value_across_its_row() {
+        // Small and large (parallel) sizes, rows narrower and wider than a task.
+        for (rows, width) in [(0, 5), (3, 0), (1, 1), (7, 3), (5000, 13), (3, 20_000)] {
+            let row_values: Vec<f32> = values(rows, 1);
+            let want: Vec<f32> = row_values.iter().flat_map(|&v| std::iter::repeat_n(v, width)).collect();
+            assert_eq!(broadcast_rows(&row_values, width), want, "{rows}x{width}");
+        }
     }
 
     fn close<T: Float>(got: T, want: f64, what: &str, n: usize) {

@@ -6,7 +6,7 @@
 //! gradient times the same `scale`. Max sends the gradient to one element per row, the first maximum.
 
 use crate::grad::Grad;
-use crate::kernels::vector::{argmax, for_each_row, sum as sum_slice};
+use crate::kernels::vector::{argmax, broadcast_rows, for_each_row, sum as sum_slice};
 use crate::kernels::Float;
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -73,8 +73,8 @@ impl<T: Float> Op<T> for Sum {
     fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let (_, width) = self.axes.split(self.label(), x[0].shape());
         let scale: T = self.scale(width);
-        let mut dx = vec![T::ZERO; x[0].numel()];
-        for_each_row(&mut dx, width, width, |row, d| d.fill(scale * g.data()[row]));
+        let row_grads: Vec<T> = g.data().iter().map(|&g| scale * g).collect();
+        let dx = broadcast_rows(&row_grads, width);
         vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
     }
 }
