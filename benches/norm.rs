@@ -1,9 +1,9 @@
 //! Layer norm throughput in GB/s on the activation shapes of a training step: the forward alone (reads x,
 //! writes y: 8 bytes per f32 element) and forward plus backward through a summed loss. The second counts
 //! the bytes the step must move, 28 per element: the forward's 8, the loss reading y (4) and its backward
-//! writing dy (4), and the norm's backward reading x and dy and writing dx (12). The cache's read of each
-//! output line before it is written is extra traffic the figure leaves out, as STREAM's counts do. The loss sums each
-//! row first, so its passes run on both cores like the norm's. The backward does the same arithmetic
+//! writing dy (4), and the norm's backward reading x and dy and writing dx (12). Like STREAM's counts,
+//! these leave out the cache's read of each output line before it is written. The loss sums each row
+//! first, so its passes run on both cores like the norm's. The backward does the same arithmetic
 //! whatever dy holds, so a constant dy measures it fairly.
 //!
 //! Freed buffers are kept by the allocator, as in the CLI (`retain_freed_buffers`): otherwise each
