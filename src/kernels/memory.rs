@@ -67,7 +67,7 @@ pub fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
 ///
 /// Zeroing a buffer larger than the caches is one more pass over memory: the zeros are written out, and
 /// the lines are read back in when the real values overwrite them. A layer norm otherwise reads x once
-/// and writes y once, so the zeroing cost it about a third of its time (docs/PERFORMANCE.md).
+/// and writes y once, so the zeroing cost it nearly half its time (docs/PERFORMANCE.md).
 ///
 /// The buffer is cut into chunks of `chunk_len` elements (the last may be shorter), and `fill(i, chunk)`
 /// gets chunk `i`. At least `min_chunks_per_task` chunks go to each rayon task: `usize::MAX` runs them
