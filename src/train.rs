@@ -190,9 +190,9 @@ impl Trainer {
         self.step
     }
 
-    /// One optimizer step on `batch`; fails, leaving the trainer as it was (weights, running
-    /// statistics, optimizer state, step), if the loss or the gradient norm is not finite (a finite
-    /// loss can still overflow in the backward).
+    /// One optimizer step on `batch`. If the loss or the gradient norm is not finite (a finite loss can
+    /// still overflow in the backward), it fails and leaves the weights, batch-norm running statistics,
+    /// optimizer state and step count as they were.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
         // The training forward updates batch-norm running statistics before we know whether the step
         // is good, so keep a copy to put back (a few KB: one mean and variance per query feature).

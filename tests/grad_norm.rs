@@ -1,5 +1,5 @@
-//! Gradient checks for layer norm and RMS norm (input, gain and bias), on rank 2 and 3, plus a check that
-//! the large-tensor (threaded) path equals the small (single-thread) one.
+//! Gradient checks for layer norm and RMS norm (input, gain and bias), on rank 2 and 3, plus checks that
+//! the large-tensor (threaded) path equals the small (single-thread) one and a plain-loop reference.
 
 mod common;
 
@@ -87,5 +87,66 @@ fn layer_norm_rows_have_zero_mean_unit_variance() {
         let mean: f64 = row.iter().sum::<f64>() / 16.0;
         let var: f64 = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 16.0;
         assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12);
+    }
+}
+
+/// Plain-loop reference for `[rows, d]` rows: y, then the gradients of Σ w⊙y with respect to x, gain and
+/// (layer norm only) bias.
+fn reference_norm(x: &[f64], gain: &[f64], bias: Option<&[f64]>, w: &[f64], eps: f64) -> Vec<Vec<f64>> {
+    let d = gain.len();
+    let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    let (mut dgain, mut dbias) = (vec![0.0; d], vec![0.0; d]);
+    for ((xr, wr), (yr, dxr)) in x.chunks(d).zip(w.chunks(d)).zip(y.chunks_mut(d).zip(dx.chunks_mut(d))) {
+        let mean = if bias.is_some() { xr.iter().sum::<f64>() / d as f64 } else { 0.0 };
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = xr.iter().map(|v| (v - mean) * rstd).collect();
+        let dxhat: Vec<f64> = wr.iter().zip(gain).map(|(g, k)| g * k).collect();
+        let mean_dxhat = if bias.is_some() { dxhat.iter().sum::<f64>() / d as f64 } else { 0.0 };
+        let mean_dxhat_xhat = dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+        for j in 0..d {
+            yr[j] = xhat[j] * gain[j] + bias.map_or(0.0, |b| b[j]);
+            dxr[j] = rstd * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat);
+            dgain[j] += wr[j] * xhat[j];
+            dbias[j] += wr[j];
+        }
+    }
+    let mut out = vec![y, dx, dgain];
+    if bias.is_some() {
+        out.push(dbias);
+    }
+    out
+}
+
+#[test]
+fn threaded_norms_match_a_plain_loop() {
+    // 600 rows × 100: above the threshold for threads, ten row chunks, the last one partial.
+    let (rows, d, eps) = (600, 100, 1e-5);
+    let mut rng = peerlm::Rng::new(4);
+    let x = Param::new("x", ParamKind::Weight, Tensor::<f64>::randn(&[rows, d], 2.0, &mut rng));
+    let gain = Param::new("gain", ParamKind::NoDecay, Tensor::randn(&[d], 1.0, &mut rng));
+    let bias = Param::new("bias", ParamKind::NoDecay, Tensor::randn(&[d], 1.0, &mut rng));
+    let w = Tensor::<f64>::randn(&[rows, d], 1.0, &mut rng);
+    for centered in [true, false] {
+        let mut tape = Tape::new();
+        let (xv, gv, bv, wv) = (tape.param(&x), tape.param(&gain), tape.param(&bias), tape.constant(w.clone()));
+        let y = if centered {
+            ops::layer_norm(&mut tape, &xv, &gv, &bv, eps)
+        } else {
+            ops::rms_norm(&mut tape, &xv, &gv, eps)
+        };
+        let weighted = ops::mul(&mut tape, &y, &wv);
+        let row_sums = ops::sum_last(&mut tape, &weighted);
+        let loss = ops::sum(&mut tape, &row_sums);
+        tape.backward(&loss);
+        let mut got = vec![y.value().data().to_vec()];
+        let params = if centered { vec![&x, &gain, &bias] } else { vec![&x, &gain] };
+        got.extend(params.iter().map(|p| tape.grad(p).unwrap().to_dense().data().to_vec()));
+        let want =
+            reference_norm(x.value.data(), gain.value.data(), centered.then(|| bias.value.data()), w.data(), eps);
+        for (what, (g, r)) in ["y", "dx", "dgain", "dbias"].iter().zip(got.iter().zip(&want)) {
+            let worst = g.iter().zip(r).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f64::max);
+            assert!(worst < 1e-10, "centered {centered}, {what}: relative error {worst}");
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! A transposed operand costs nothing: `matrixmultiply` takes a row stride and a column stride for each
 //! matrix, and a transpose is the same buffer with the two strides swapped.
 //!
-//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] cuts C into a few blocks of rows (or of
-//! columns, when C is wider than tall) and rayon runs one `matrixmultiply` call per block. Every element of
+//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into
+//! a new one) cut C into a few blocks of rows (or of columns, when C is wider than tall) and rayon runs one
+//! `matrixmultiply` call per block. Every element of
 //! C is computed by exactly one call, and the blocks depend only on the shape, never on the thread count,
 //! so results are bit-identical on any number of threads. Products too small to pay for a task run on the
 //! calling thread without touching rayon. The split follows the longer side of C because
@@ -30,17 +31,19 @@ const BLOCK_ALIGN: usize = 32;
 /// One operand: a row-major buffer and whether to read it transposed.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a, T> {
-    pub data: &'a [T],
+    data: &'a [T],
     /// Rows and columns as stored.
-    pub rows: usize,
-    pub cols: usize,
-    pub transposed: bool,
+    rows: usize,
+    cols: usize,
+    transposed: bool,
 }
 
 impl<'a, T: Float> MatRef<'a, T> {
-    /// A row-major `rows`×`cols` matrix over `data` (panics if the length disagrees).
+    /// A row-major `rows`×`cols` matrix over `data` (panics if the length disagrees). The fields are
+    /// private, so every `MatRef` went through this check, which the raw-pointer GEMM relies on.
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "MatRef: buffer of {} for {rows}x{cols}", data.len());
+        let len = rows.checked_mul(cols);
+        assert!(len == Some(data.len()), "MatRef: buffer of {} for {rows}x{cols}", data.len());
         MatRef { data, rows, cols, transposed: false }
     }
 
@@ -94,11 +97,14 @@ impl<T> SharedOut<T> {
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
     let (m, n) = product_dims(a, b);
     assert_eq!(c.len(), m * n, "gemm: output buffer of {} for {m}x{n}", c.len());
-    let beta = if accumulate { T::ONE } else { T::ZERO };
     if a.dims().1 == 0 {
-        c.iter_mut().for_each(|x| *x *= beta);
+        // An empty sum: C is 0, or unchanged when accumulating.
+        if !accumulate {
+            c.fill(T::ZERO);
+        }
         return;
     }
+    let beta = if accumulate { T::ONE } else { T::ZERO };
     // SAFETY: `c` is an exclusive borrow of m×n elements, distinct from `a` and `b`.
     unsafe { multiply(a, b, c.as_mut_ptr(), beta) }
 }
@@ -113,9 +119,9 @@ pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
         return vec![T::ZERO; m * n];
     }
     let mut c = memory::uninit_vec(m * n);
-    // SAFETY: the buffer holds m×n elements and is a fresh allocation, distinct from `a` and `b`; with
-    // β = 0 the blocks of `multiply`, which tile C, write every element and read none, so all m×n
-    // elements are initialised when the length is set.
+    // SAFETY: `a` and `b` cover their buffers (checked by `MatRef::new`); the new buffer holds m×n
+    // elements, distinct from both; with β = 0 the blocks of `multiply`, which tile C, write every
+    // element and read none, so all m×n elements are initialised when the length is set.
     unsafe {
         multiply(a, b, c.as_mut_ptr(), T::ZERO);
         c.set_len(m * n);
@@ -123,18 +129,20 @@ pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
     c
 }
 
-/// (m, n) of `a·b`; panics, naming both shapes, if the inner dimensions differ.
+/// (m, n) of `a·b`; panics, naming both shapes, if the inner dimensions differ or m·n overflows.
 fn product_dims<T: Float>(a: MatRef<T>, b: MatRef<T>) -> (usize, usize) {
     let ((m, k), (k2, n)) = (a.dims(), b.dims());
     assert_eq!(k, k2, "gemm: inner dimensions differ ({m}x{k} · {k2}x{n})");
+    assert!(m.checked_mul(n).is_some(), "gemm: a {m}x{n} product does not fit in memory");
     (m, n)
 }
 
 /// `C = a·b + beta·C` for the row-major m×n matrix at `c`, in blocks spread over the cores.
 ///
 /// # Safety
-/// `c` points to m×n elements that nothing else reads or writes meanwhile and that do not overlap `a` or
-/// `b`; they must be initialised unless `beta` is 0. The inner dimension k is not 0.
+/// `a` and `b` cover their buffers (every `MatRef` does); `c` points to m×n elements that nothing else
+/// reads or writes meanwhile and that do not overlap `a` or `b`; they must be initialised unless `beta`
+/// is 0. The inner dimension k is not 0 (callers handle the empty sum themselves).
 unsafe fn multiply<T: Float>(a: MatRef<T>, b: MatRef<T>, c: *mut T, beta: T) {
     let ((m, k), (_, n)) = (a.dims(), b.dims());
     if m == 0 || n == 0 {

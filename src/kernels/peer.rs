@@ -485,10 +485,29 @@ mod tests {
     fn scale_into_uninit_writes_the_whole_row() {
         for n in [0, 1, 17, 256] {
             let x: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
-            let mut slots = vec![MaybeUninit::<f32>::uninit(); n];
+            let mut slots = vec![MaybeUninit::new(f32::NAN); n];
             let row = scale_into_uninit(2.0, &x, &mut slots);
             assert_eq!(row.to_vec(), x.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "has no occurrence")]
+    fn an_expert_group_without_occurrences_is_refused() {
+        // Expert 0 is listed but never retrieved: its gradient rows would never be written.
+        let groups = RowGroups { rows: vec![0, 1], starts: vec![0, 0, 1], occurrences: vec![0] };
+        let table = [0.5f32, -1.0, 2.0, 0.25];
+        let batch = ExpertBatch {
+            x: &[1.0, 2.0],
+            u: &table,
+            v: &table,
+            gates: &[1.0],
+            groups: &groups,
+            d: 2,
+            m: 1,
+            act: ExpertActivation::Relu,
+        };
+        experts_backward(&batch, &[1.0], &[1.0, 1.0]);
     }
 
     #[test]

@@ -182,7 +182,8 @@ pub fn broadcast_rows<T: Float>(values: &[T], width: usize) -> Vec<T> {
     }
     let rows_per_task = CHUNK.div_ceil(width);
     let min_tasks = if len < PARALLEL_MIN { usize::MAX } else { 1 };
-    // SAFETY: the inner loop writes every slot of every row of the chunk.
+    // SAFETY: a task's chunk holds whole rows (its length is a multiple of `width`, as is `len`), and
+    // `values` has a value for each of them (len = values.len()·width), so the loop writes every slot.
     let (data, _) = unsafe {
         super::memory::par_vec_uninit(len, rows_per_task * width, min_tasks, |task, slots| {
             let rows = slots.chunks_mut(width).zip(&values[task * rows_per_task..]);

@@ -106,7 +106,8 @@ impl<T: Float> Op<T> for Norm<T> {
         let this = &*self;
         let chunk_len = ROWS_PER_CHUNK * d;
         let min_chunks = min_chunks_per_task(x[0].numel());
-        // SAFETY: `normalise_row` writes every element of each d-wide row of the chunk.
+        // SAFETY: the chunk's x rows are as many and as wide as its output rows (same offsets, `check`
+        // fixed d), and `normalise_row` writes every element of each output row.
         let (out, chunk_stats) = unsafe {
             memory::par_vec_uninit(x[0].numel(), chunk_len, min_chunks, |chunk, out_chunk| {
                 let x_chunk = &x_data[chunk * chunk_len..][..out_chunk.len()];
@@ -123,8 +124,11 @@ impl<T: Float> Op<T> for Norm<T> {
         let (x_data, g_data, gain) = (x[0].data(), g.data(), x[1].data());
         let chunk_len = ROWS_PER_CHUNK * d;
         let min_chunks = min_chunks_per_task(x[0].numel());
+        let rows = x[0].numel() / d.max(1);
+        assert_eq!(self.stats.len(), rows, "{}: backward without a forward on this input", self.name());
         // Per chunk: partial sums of dgain and dbias, combined below in chunk order.
-        // SAFETY: `backward_row` writes every element of each d-wide row of the chunk.
+        // SAFETY: there is one (mean, rstd) per row (asserted above), so the zip below reaches every
+        // d-wide row of the chunk, and `backward_row` writes every element of each.
         let (dx, partials) = unsafe {
             memory::par_vec_uninit(x[0].numel(), chunk_len, min_chunks, |chunk, dx_chunk| {
                 let start = chunk * chunk_len;
