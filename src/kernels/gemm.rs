@@ -4,14 +4,14 @@
 //! A transposed operand costs nothing: `matrixmultiply` takes a row stride and a column stride for each
 //! matrix, and a transpose is the same buffer with the two strides swapped.
 //!
-//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into
-//! a new one) cut C into a few blocks of rows (or of columns, when C is wider than tall) and rayon runs one
-//! `matrixmultiply` call per block. Every element of
-//! C is computed by exactly one call, and the blocks depend only on the shape, never on the thread count,
-//! so results are bit-identical on any number of threads. Products too small to pay for a task run on the
-//! calling thread without touching rayon. The split follows the longer side of C because
-//! `matrixmultiply` packs the operand that is not split once per block: a row split re-packs B in every
-//! block, a column split re-packs A, and the longer side gives the cheaper re-pack.
+//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into a
+//! new one) cut C into a few blocks of rows (or of columns, when C is wider than tall) and rayon runs one
+//! `matrixmultiply` call per block. Every element of C is computed by exactly one call, and the blocks
+//! depend only on the shape, never on the thread count, so results are bit-identical on any number of
+//! threads. Products too small to pay for a task run on the calling thread without touching rayon. The
+//! split follows the longer side of C because `matrixmultiply` packs the operand that is not split once per
+//! block: a row split re-packs B in every block, a column split re-packs A, and the longer side gives the
+//! cheaper re-pack.
 
 use std::ops::Range;
 

@@ -378,11 +378,12 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
     let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| groups.starts[g]).collect();
     // du and dv (each up to a table's size) are not zeroed: every expert's first occurrence writes its
     // rows, the others add to them.
-    let (mut du, mut dv) = (memory::uninit_vec(groups.len() * d), memory::uninit_vec(groups.len() * d));
+    let grad_len = groups.len() * d;
+    let (mut du, mut dv) = (memory::uninit_vec(grad_len), memory::uninit_vec(grad_len));
     let mut dgates_sorted = vec![T::ZERO; pre.len()];
-    let chunks: Vec<BackwardChunk<T>> = split_at_bounds(&mut du.spare_capacity_mut()[..groups.len() * d], &bounds, d)
+    let chunks: Vec<BackwardChunk<T>> = split_at_bounds(&mut du.spare_capacity_mut()[..grad_len], &bounds, d)
         .into_iter()
-        .zip(split_at_bounds(&mut dv.spare_capacity_mut()[..groups.len() * d], &bounds, d))
+        .zip(split_at_bounds(&mut dv.spare_capacity_mut()[..grad_len], &bounds, d))
         .zip(split_at_bounds(&mut dgates_sorted, &occurrence_bounds, 1))
         .enumerate()
         .map(|(c, ((du, dv), dgates))| BackwardChunk {
@@ -394,11 +395,11 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
         })
         .collect();
     let parts: Vec<Vec<T>> = chunks.into_par_iter().map(|chunk| backward_chunk(batch, grad_out, chunk)).collect();
-    // SAFETY: the chunks tile the first groups.len()·d slots of du and dv (`chunk_bounds` runs from 0 to
+    // SAFETY: the chunks tile the first `grad_len` slots of du and dv (`chunk_bounds` runs from 0 to
     // groups.len()), and `backward_chunk` wrote every row of its chunk or panicked.
     unsafe {
-        du.set_len(groups.len() * d);
-        dv.set_len(groups.len() * d);
+        du.set_len(grad_len);
+        dv.set_len(grad_len);
     }
     // Back from occurrence order to token order.
     let mut dgates = vec![T::ZERO; pre.len()];
