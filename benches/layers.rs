@@ -47,6 +47,7 @@ fn build(sub_keys: usize, rng: &mut Rng) -> Step {
         top_k: 16,
         key_dim: 256,
         query_batch_norm: true,
+        query_bn_per_head: false,
         router: Router::Softmax,
         activation: ExpertActivation::Gelu,
     };

@@ -15,8 +15,10 @@ pub struct LayerUsage {
     pub block: usize,
     /// Share of experts selected at least once.
     pub fraction_used: f64,
-    /// KL(selection distribution ‖ uniform), in nats.
+    /// The paper's unevenness: KL(gate-weighted usage ‖ uniform), in nats.
     pub kl_from_uniform: f64,
+    /// KL(selection counts ‖ uniform), in nats.
+    pub selection_kl_from_uniform: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +62,7 @@ pub fn evaluate(
                 block,
                 fraction_used: u.fraction_used(),
                 kl_from_uniform: u.kl_from_uniform(),
+                selection_kl_from_uniform: u.selection_kl_from_uniform(),
             })
         })
         .collect();

@@ -179,11 +179,12 @@ fn pkm_gradients() {
 #[test]
 fn peer_gradients() {
     let variants = [
-        (true, Router::Softmax, ExpertActivation::Gelu),
-        (false, Router::Sigmoid, ExpertActivation::Relu),
-        (true, Router::Sigmoid, ExpertActivation::Gelu),
+        (true, false, Router::Softmax, ExpertActivation::Gelu),
+        (false, false, Router::Sigmoid, ExpertActivation::Relu),
+        (true, false, Router::Sigmoid, ExpertActivation::Gelu),
+        (true, true, Router::Softmax, ExpertActivation::Gelu),
     ];
-    for (seed, (query_batch_norm, router, activation)) in variants.into_iter().enumerate() {
+    for (seed, (query_batch_norm, query_bn_per_head, router, activation)) in variants.into_iter().enumerate() {
         let config = PeerConfig {
             d_model: 6,
             num_experts: 16,
@@ -191,6 +192,7 @@ fn peer_gradients() {
             top_k: 2,
             key_dim: 4,
             query_batch_norm,
+            query_bn_per_head,
             router,
             activation,
         };

@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use peerlm::checkpoint::Checkpoint;
+use peerlm::data::loader::Batch;
 use peerlm::data::{shard, DocumentReader, TokenDataset, Tokenizer};
 use peerlm::model::FfwKind;
 use peerlm::nn::Module;
 use peerlm::sample::{generate, SampleConfig};
 use peerlm::train::{self, RunConfig, RunOptions, Trainer};
+use peerlm::Tape;
 
 const VOCAB: usize = 320;
 
@@ -173,4 +175,41 @@ fn an_overflowing_gradient_stops_the_step_and_leaves_the_weights() {
     // The forward ran in training mode and moved the running statistics; the failed step puts them back.
     assert!(stats_before == running_stats(&trainer), "a failed step changed the running statistics");
     assert_eq!(trainer.step_count(), 0);
+}
+
+/// A batch of `batch_size` windows of arbitrary tokens below the vocabulary.
+fn synthetic_batch(batch_size: usize, seq_len: usize, seed: usize) -> Batch {
+    let token = |i: usize| ((i * 31 + seed * 7) % VOCAB) as u32;
+    let n = batch_size * seq_len;
+    Batch { inputs: (0..n).map(token).collect(), targets: (1..=n).map(token).collect(), batch_size, seq_len }
+}
+
+#[test]
+fn training_normalises_queries_by_the_batch_and_moves_the_running_statistics() {
+    for per_head in [false, true] {
+        let mut config = config();
+        config.model.peer.query_bn_per_head = per_head;
+        let (heads, key_dim) = (config.model.peer.heads, config.model.peer.key_dim);
+        let mut trainer = Trainer::new(config.clone()).unwrap();
+        let before = trainer.model.buffers();
+        let width = if per_head { heads * key_dim } else { key_dim };
+        assert!(before.iter().all(|(_, t)| t.numel() == width), "per_head {per_head}: {before:?}");
+        let batch = synthetic_batch(4, config.model.seq_len, 1);
+
+        // Evaluation reads the running statistics and leaves them alone; training normalises by the
+        // batch's own, so the two losses differ on the same tokens (untrained running statistics are
+        // mean 0, variance 1, far from the queries' batch statistics).
+        let mut tape = Tape::no_grad();
+        let (_, eval_loss) = trainer.model.loss(&mut tape, &batch.inputs, &batch.targets, 4, false);
+        assert_eq!(trainer.model.buffers(), before, "per_head {per_head}: evaluation moved the statistics");
+        let mut tape = Tape::no_grad();
+        let (_, train_loss) = trainer.model.loss(&mut tape, &batch.inputs, &batch.targets, 4, true);
+        assert_ne!(eval_loss, train_loss, "per_head {per_head}: training did not use batch statistics");
+        assert_ne!(trainer.model.buffers(), before, "per_head {per_head}: training left the statistics");
+
+        // Through the trainer: one step moves the running statistics of a fresh model.
+        let mut fresh = Trainer::new(config).unwrap();
+        fresh.train_step(&synthetic_batch(4, fresh.config.model.seq_len, 2)).unwrap();
+        assert_ne!(fresh.model.buffers(), before, "per_head {per_head}: a training step left the statistics");
+    }
 }

@@ -44,10 +44,11 @@ pub fn run(args: &EvalArgs) -> Result<(), Box<dyn Error>> {
         );
         for usage in &report.usage {
             println!(
-                "  block {}: expert usage {:.2}%, KL from uniform {:.4} nats",
+                "  block {}: expert usage {:.2}%, KL from uniform {:.4} nats (gate-weighted; selection counts {:.4})",
                 usage.block,
                 100.0 * usage.fraction_used,
-                usage.kl_from_uniform
+                usage.kl_from_uniform,
+                usage.selection_kl_from_uniform
             );
         }
     }

@@ -100,10 +100,11 @@ pub fn run(args: &TrainArgs) -> Result<(), Box<dyn Error>> {
     println!("validation: {} tokens, loss {:.4}, perplexity {:.2}", report.tokens, report.loss, report.perplexity);
     for usage in &report.usage {
         println!(
-            "block {}: expert usage {:.1}%, KL from uniform {:.3} nats",
+            "block {}: expert usage {:.1}%, KL from uniform {:.3} nats (gate-weighted; selection counts {:.3})",
             usage.block,
             100.0 * usage.fraction_used,
-            usage.kl_from_uniform
+            usage.kl_from_uniform,
+            usage.selection_kl_from_uniform
         );
     }
     println!("checkpoint: {}", summary.checkpoint.display());

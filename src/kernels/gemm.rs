@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{memory, Float};
+use super::{flop_count, memory, Float};
 
 /// Below this many flops (2·m·n·k) a block is not worth a rayon task (~0.03 ms of one core).
 const MIN_TASK_FLOPS: usize = 4 << 20;
@@ -105,6 +105,7 @@ pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool)
         return;
     }
     let beta = if accumulate { T::ONE } else { T::ZERO };
+    flop_count::record(2 * m * n * a.dims().1);
     // SAFETY: `c` is an exclusive borrow of m×n elements, distinct from `a` and `b`.
     unsafe { multiply(a, b, c.as_mut_ptr(), beta) }
 }
@@ -119,6 +120,7 @@ pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
         return vec![T::ZERO; m * n];
     }
     let mut c = memory::uninit_vec(m * n);
+    flop_count::record(2 * m * n * a.dims().1);
     // SAFETY: `a` and `b` cover their buffers (checked by `MatRef::new`); the new buffer holds m×n
     // elements, distinct from both; with β = 0 the blocks of `multiply`, which tile C, write every
     // element and read none, so all m×n elements are initialised when the length is set.

@@ -2,9 +2,11 @@
 //!
 //! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices; `vector` holds the
 //! elementwise, reduction and softmax-row loops; `topk` selects the best entries of rows; `row_groups`
-//! groups sparse table reads by row; `peer` runs the fused PEER expert loops.
+//! groups sparse table reads by row; `peer` runs the fused PEER expert loops; `flop_count` tallies the
+//! arithmetic they all execute.
 
 pub mod float;
+pub mod flop_count;
 pub mod gemm;
 pub mod memory;
 pub mod peer;

@@ -46,7 +46,7 @@ use rayon::prelude::*;
 
 use super::memory::{self, prefetch_row};
 use super::row_groups::RowGroups;
-use super::{Float, SimdVec};
+use super::{flop_count, Float, SimdVec};
 
 /// Parallel work items: equal id ranges of the expert table, each with its own `[T, d]` partial sum of
 /// the per-token output (forward) or input gradient (backward), added up in chunk order at the end.
@@ -319,6 +319,7 @@ pub fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
 /// returns its partial `out` `[T, d]`.
 fn forward_chunk<T: Float>(batch: &ExpertBatch<T>, experts: Range<usize>, pre: &mut [T]) -> Vec<T> {
     let (d, m, groups) = (batch.d, batch.m, batch.groups);
+    flop_count::record(pre.len() * 4 * d); // per occurrence: the dot product u·x and the axpy of v
     let mut slots = pre.iter_mut();
     for g in experts.clone() {
         batch.prefetch(batch.u, g + PREFETCH_AHEAD);
@@ -417,6 +418,7 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
 /// the backward of the op ~30% faster, as fewer random token rows compete for the cache at a time.
 fn backward_chunk<T: Float>(batch: &ExpertBatch<T>, grad_out: &[T], chunk: BackwardChunk<T>) -> Vec<T> {
     let (d, m, groups) = (batch.d, batch.m, batch.groups);
+    flop_count::record(chunk.pre.len() * 8 * d); // per occurrence: v·dout, then dv, dx and du rows
     let (mut act, mut dh) = (vec![T::ZERO; chunk.pre.len()], vec![T::ZERO; chunk.pre.len()]);
     batch.act.apply_all(chunk.pre, &mut act);
     batch.act.derivative_all(chunk.pre, &mut dh); // σ'(h) for now, dh once multiplied below

@@ -1,35 +1,145 @@
 //! Training FLOPs per token of a model config, so runs of different layers can be matched on compute
 //! (the paper's isoFLOP comparison, He 2024 §3.1).
 //!
-//! Counting follows Kaplan et al. (2020) and Hoffmann et al. (2022): a multiply-add is 2 FLOPs; a
-//! forward pass costs 2 FLOPs per weight it multiplies by, plus attention's scores and mixing,
-//! 2·2·seq_len·d per layer (counted over the full context, as those papers do); a training step is three
-//! forward passes' worth (the backward pass costs about twice the forward). Norms, softmaxes, activation
-//! functions, top-k selections, rotary position turns and embedding lookups are left out: each is O(d) per
-//! token against the O(d²) of the matrix products. A feed-forward layer reports its own forward cost
-//! (router, queries, key scoring and expert compute for the retrieval layers) through `flops_per_token`.
+//! **Convention: count what a training step executes.** A multiply-add is 2 FLOPs, a lone add or
+//! multiply 1. Counted are the matrix products (every linear map, attention's scores and mixing, the
+//! output head), the product-key sub-key scores and the candidate sums, and the per-slot dot products and
+//! axpys of the sparse layers (PEER's experts, PKM's values, MoE's gated scatter). Left out is the
+//! elementwise work, O(d) per token against the O(d²) above: norms, softmaxes, activation functions,
+//! residual adds, top-k comparisons, rotary turns, the optimizer. The input embedding is a lookup and its
+//! gradient a scatter of rows, so it costs nothing here (Chinchilla, Hoffmann et al. 2022 App. F, charges
+//! it `2·V·d` as a product with a one-hot vector; nothing of the kind runs).
+//!
+//! The backward is counted op by op, not as "twice the forward": a linear map's backward is two products
+//! of its forward's size (`dx` and `dW`), but product-key retrieval scores all √N sub-keys forward while
+//! its backward touches only the k selected pairs per head.
+//!
+//! Attention is counted over the full context, `4·n_ctx·d` per token and layer forward (`2·n_ctx·d` for the
+//! scores and as much for mixing the values), as Chinchilla does: the kernel computes the masked half of
+//! the scores too (see `ops::attention`). Kaplan et al. (2020, Table 1) charge the same two terms.
+//!
+//! `tests/flop_count.rs` checks every figure here against the FLOPs the kernels record
+//! ([`crate::kernels::flop_count`]) in a real forward and backward.
 
 use crate::model::config::{FfwKind, ModelConfig};
+use crate::nn::ffw::DenseFfwConfig;
+use crate::nn::moe::{MoeConfig, Routing};
+use crate::nn::peer::PeerConfig;
+use crate::nn::pkm::PkmConfig;
 
-/// Forward FLOPs per token.
-pub fn forward_flops_per_token(config: &ModelConfig) -> f64 {
-    let d = config.d_model as f64;
-    let attention = 2.0 * (d * 3.0 * d + d * d) + 2.0 * 2.0 * config.seq_len as f64 * d;
-    let ffw: f64 = (0..config.n_layers)
-        .map(|block| match config.ffw_of(block) {
-            FfwKind::Dense => config.dense.flops_per_token(),
-            FfwKind::Moe => config.moe.flops_per_token(),
-            FfwKind::Pkm => config.pkm.flops_per_token(),
-            FfwKind::Peer => config.peer.flops_per_token(),
-        })
-        .sum();
-    let head = 2.0 * d * config.vocab_size as f64;
-    config.n_layers as f64 * attention + ffw + head
+/// FLOPs per token of a forward pass and of its backward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenFlops {
+    pub forward: f64,
+    pub backward: f64,
 }
 
-/// Training FLOPs per token: forward plus backward, three forwards' worth.
+impl TokenFlops {
+    /// A product of `fan_in·fan_out` multiply-adds per token: its backward computes the input gradient and
+    /// the weight gradient, one product of the same size each.
+    fn linear(fan_in: f64, fan_out: f64) -> Self {
+        TokenFlops { forward: 2.0 * fan_in * fan_out, backward: 4.0 * fan_in * fan_out }
+    }
+
+    /// A training step: forward and backward.
+    pub fn train(&self) -> f64 {
+        self.forward + self.backward
+    }
+}
+
+impl std::ops::Add for TokenFlops {
+    type Output = TokenFlops;
+
+    fn add(self, other: TokenFlops) -> TokenFlops {
+        TokenFlops { forward: self.forward + other.forward, backward: self.backward + other.backward }
+    }
+}
+
+impl std::iter::Sum for TokenFlops {
+    fn sum<I: Iterator<Item = TokenFlops>>(iter: I) -> TokenFlops {
+        iter.fold(TokenFlops::default(), |a, b| a + b)
+    }
+}
+
+/// One attention layer over a context of `n_ctx` tokens: the query/key/value and output maps, then
+/// `Q·Kᵀ` and `P·V`, each `n_ctx·d` multiply-adds per token; their backward takes two products each.
+pub fn attention(d_model: usize, n_ctx: usize) -> TokenFlops {
+    let (d, s) = (d_model as f64, n_ctx as f64);
+    TokenFlops::linear(d, 3.0 * d)
+        + TokenFlops::linear(d, d)
+        + TokenFlops { forward: 4.0 * s * d, backward: 8.0 * s * d }
+}
+
+/// The dense GPT-2 MLP: two linear maps through `d_ff` (biases and GELU are elementwise).
+pub fn dense(config: &DenseFfwConfig) -> TokenFlops {
+    let (d, f) = (config.d_model as f64, config.d_ff as f64);
+    TokenFlops::linear(d, f) + TokenFlops::linear(f, d)
+}
+
+/// Mixture of experts: the router `d → E`, then per expert slot one expert MLP and the gated add of its
+/// output into the token's row (backward: the scaled gradient row, d multiplies, and the gate's dot
+/// product). A token fills `top_k` slots with token choice, `capacity_factor·top_k` on average with
+/// expert choice (each expert's `⌈capacity_factor·tokens·top_k / E⌉` rounds up a little more).
+pub fn moe(config: &MoeConfig) -> TokenFlops {
+    let (d, e) = (config.d_model as f64, config.num_experts as f64);
+    let slots = match config.routing {
+        Routing::TokenChoice => config.top_k as f64,
+        Routing::ExpertChoice => config.capacity_factor * config.top_k as f64,
+    };
+    let expert = dense(&DenseFfwConfig { d_model: config.d_model, d_ff: config.d_expert });
+    let scatter = TokenFlops { forward: 2.0 * d, backward: 3.0 * d };
+    let per_slot = expert + scatter;
+    TokenFlops::linear(d, e) + TokenFlops { forward: slots * per_slot.forward, backward: slots * per_slot.backward }
+}
+
+/// Product-key retrieval for `heads` queries of `key_dim` against two tables of `n` sub-keys of
+/// `key_dim/2`: the query map `d → heads·key_dim`; forward, the scores of every sub-key (`n·key_dim`
+/// multiply-adds per head) and up to `k²` candidate sums per head (fewer when the pruning stops early;
+/// counted in full); backward, only the k selected pairs per head: the query halves' and both sub-keys'
+/// gradients, `2·key_dim` multiply-adds each.
+fn product_key_router(d_model: usize, heads: usize, n: usize, k: usize, key_dim: usize) -> TokenFlops {
+    let (h, n, k, kd) = (heads as f64, n as f64, k as f64, key_dim as f64);
+    let scores = TokenFlops { forward: h * (2.0 * n * kd + k * k), backward: h * k * 4.0 * kd };
+    TokenFlops::linear(d_model as f64, h * kd) + scores
+}
+
+/// PKM: the router, then a weighted sum of `heads·k` value rows (backward: the value rows' gradients and
+/// the weights' dot products).
+pub fn pkm(config: &PkmConfig) -> TokenFlops {
+    let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
+    let router = product_key_router(config.d_model, config.heads, config.num_keys, config.top_k, config.key_dim);
+    router + TokenFlops { forward: 2.0 * slots * d, backward: 4.0 * slots * d }
+}
+
+/// PEER: the router, then `heads·k` single-neuron experts, each a dot product `u·x` and an axpy of `v`
+/// forward, and four such d-wide passes backward (`v·dout`, `dv`, `dx`, `du`; He 2024, eq. 3).
+pub fn peer(config: &PeerConfig) -> TokenFlops {
+    let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
+    let router = product_key_router(config.d_model, config.heads, config.num_sub_keys(), config.top_k, config.key_dim);
+    router + TokenFlops { forward: 4.0 * slots * d, backward: 8.0 * slots * d }
+}
+
+/// The feed-forward layer of block `block`.
+pub fn feed_forward(config: &ModelConfig, block: usize) -> TokenFlops {
+    match config.ffw_of(block) {
+        FfwKind::Dense => dense(&config.dense),
+        FfwKind::Moe => moe(&config.moe),
+        FfwKind::Pkm => pkm(&config.pkm),
+        FfwKind::Peer => peer(&config.peer),
+    }
+}
+
+/// The whole decoder per token at full context: every block's attention and feed-forward layer, and the
+/// output head `d → V` (tied or not, the same product).
+pub fn model(config: &ModelConfig) -> TokenFlops {
+    let blocks: TokenFlops =
+        (0..config.n_layers).map(|b| attention(config.d_model, config.seq_len) + feed_forward(config, b)).sum();
+    blocks + TokenFlops::linear(config.d_model as f64, config.vocab_size as f64)
+}
+
+/// Training FLOPs per token: forward plus backward.
 pub fn train_flops_per_token(config: &ModelConfig) -> f64 {
-    3.0 * forward_flops_per_token(config)
+    model(config).train()
 }
 
 /// Steps a run of `budget` training FLOPs takes at `tokens_per_step` (at least one).

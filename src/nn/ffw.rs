@@ -30,12 +30,6 @@ impl DenseFfwConfig {
         positive("ffw.d_model", self.d_model)?;
         positive("ffw.d_ff", self.d_ff)
     }
-
-    /// Two matmuls of d·d_ff multiply-adds each, 2 FLOPs per multiply-add; biases and GELU are O(d_ff)
-    /// and left out.
-    pub fn flops_per_token(&self) -> f64 {
-        4.0 * self.d_model as f64 * self.d_ff as f64
-    }
 }
 
 /// `Err` naming `field` unless `value` > 0 (shared by the configs of this module).

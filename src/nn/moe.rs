@@ -9,11 +9,16 @@
 //!   softmax of the selected logits. Nothing stops many tokens from choosing the same expert, so a
 //!   load-balancing loss is returned (see [`MoeConfig::aux_loss_weight`]). There is no capacity limit: no
 //!   token is dropped.
-//! - **Expert choice** (Zhou et al. 2022; the MoE baseline of He 2024): router probabilities are a softmax
-//!   over experts per token; each expert then takes the `c = ⌈capacity_factor · tokens · top_k / E⌉` tokens
-//!   with the highest probability for it, gated by that probability. Load is balanced by construction, no
-//!   auxiliary loss. **Not causal**: whether a token is picked depends on the other tokens of the batch,
-//!   so a token's output can change when a later token changes (true of the original method as well).
+//! - **Expert choice** (Zhou et al. 2022; the MoE baseline of He 2024, and the default here): router
+//!   probabilities are a softmax over experts per token; each expert then takes the
+//!   `c = ⌈capacity_factor · tokens · top_k / E⌉` tokens with the highest probability for it, gated by that
+//!   probability. Load is balanced by construction, no auxiliary loss. **Training is not causal**: whether
+//!   a token is picked depends on the other tokens of the batch, later ones included, so a token's
+//!   training loss can depend on the future (true of the original method, and so of the paper's
+//!   baseline). **Evaluation and sampling are causal**: a token cannot wait for the batch, so each token
+//!   goes to the experts most likely to pick it, its own top `round(capacity_factor · top_k)` by router
+//!   probability (the average number of experts a token gets in training), gated by those probabilities
+//!   as in training. A token's output then depends on that token alone.
 //!
 //! Dispatch is gather → expert → weighted scatter: the rows of the tokens routed to expert e are gathered
 //! with [`ops::embedding`] (the activations play the table; the row-sparse gradient is densified by the
@@ -95,16 +100,10 @@ impl MoeConfig {
         Ok(())
     }
 
-    /// Router `2·d·E`, plus `4·d·d_expert` per expert slot: `top_k` slots per token with token choice,
-    /// `capacity_factor · top_k` on average with expert choice. The top-k comparisons, softmax and the
-    /// weighted scatter are O(E + k·d) and left out.
-    pub fn flops_per_token(&self) -> f64 {
-        let d = self.d_model as f64;
-        let slots = match self.routing {
-            Routing::TokenChoice => self.top_k as f64,
-            Routing::ExpertChoice => self.capacity_factor * self.top_k as f64,
-        };
-        2.0 * d * self.num_experts as f64 + slots * 4.0 * d * self.d_expert as f64
+    /// Experts each token takes with expert choice at evaluation: as many as it gets on average in
+    /// training, `capacity_factor · top_k`, rounded, and at least one.
+    pub fn experts_per_token(&self) -> usize {
+        ((self.capacity_factor * self.top_k as f64).round() as usize).clamp(1, self.num_experts)
     }
 
     /// Tokens each expert takes with expert choice, out of `tokens`.
@@ -140,11 +139,13 @@ impl<T: Float> Moe<T> {
     }
 
     /// `x [tokens, d_model] → [tokens, d_model]`, plus the weighted load-balancing loss with token choice.
-    pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, _training: bool) -> FfwOut<T> {
+    /// Expert choice routes over the whole batch in training and token by token otherwise (see above).
+    pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> FfwOut<T> {
         let logits = self.router.forward(tape, x);
-        match self.config.routing {
-            Routing::TokenChoice => self.token_choice(tape, x, &logits),
-            Routing::ExpertChoice => self.expert_choice(tape, x, &logits),
+        match (self.config.routing, training) {
+            (Routing::TokenChoice, _) => self.token_choice(tape, x, &logits),
+            (Routing::ExpertChoice, true) => self.expert_choice(tape, x, &logits),
+            (Routing::ExpertChoice, false) => self.expert_choice_per_token(tape, x, &logits),
         }
     }
 
@@ -152,20 +153,7 @@ impl<T: Float> Moe<T> {
         let (tokens, k, num_experts) = (x.shape()[0], self.config.top_k, self.config.num_experts);
         let (top_logits, expert_ids) = ops::topk(tape, logits, k);
         let gates = ops::softmax(tape, &top_logits); // = selected probabilities renormalised
-        self.usage.record(&expert_ids);
-        // Slot s = t·k + j is token t's j-th choice; group the slots by expert.
-        let mut slots_of = vec![Vec::new(); num_experts];
-        for (slot, &e) in expert_ids.iter().enumerate() {
-            slots_of[e as usize].push(slot as u32);
-        }
-        let tokens_of: Vec<Vec<u32>> =
-            slots_of.iter().map(|slots| slots.iter().map(|&s| s / k as u32).collect()).collect();
-        // Put the gates in the same expert-major order as the expert outputs will be.
-        let slot_order: Vec<u32> = slots_of.concat();
-        let gate_column = ops::reshape(tape, &gates, &[tokens * k, 1]);
-        let gates_in_order = ops::embedding(tape, &gate_column, &slot_order);
-        let gates_in_order = ops::reshape(tape, &gates_in_order, &[slot_order.len()]);
-        let y = self.dispatch(tape, x, &tokens_of, &gates_in_order);
+        let (y, slots_of) = self.dispatch_slots(tape, x, &gates, &expert_ids);
 
         // Load balancing: w · E · Σ_e f_e · mean_t p_te = Σ_{t,e} p_te · (w · E · f_e / tokens), with
         // f_e = (slots routed to e) / (tokens · k), a constant.
@@ -184,10 +172,43 @@ impl<T: Float> Moe<T> {
         let probs_by_expert = ops::transpose(tape, &probs, 0, 1); // [E, tokens]
         let (gates, token_ids) = ops::topk(tape, &probs_by_expert, capacity); // [E, c]
         let expert_ids: Vec<u32> = (0..num_experts as u32).flat_map(|e| std::iter::repeat_n(e, capacity)).collect();
-        self.usage.record(&expert_ids);
+        self.usage.record(&expert_ids, gates.value().data());
         let tokens_of: Vec<Vec<u32>> = token_ids.chunks(capacity).map(<[u32]>::to_vec).collect();
         let gates = ops::reshape(tape, &gates, &[num_experts * capacity]);
         FfwOut { y: self.dispatch(tape, x, &tokens_of, &gates), aux_loss: None }
+    }
+
+    /// Expert choice at evaluation: each token takes its own top `round(capacity_factor · top_k)` experts
+    /// by router probability, gated by those probabilities (not renormalised, as in training).
+    fn expert_choice_per_token(&mut self, tape: &mut Tape<T>, x: &Var<T>, logits: &Var<T>) -> FfwOut<T> {
+        let probs = ops::softmax(tape, logits);
+        let (gates, expert_ids) = ops::topk(tape, &probs, self.config.experts_per_token());
+        FfwOut { y: self.dispatch_slots(tape, x, &gates, &expert_ids).0, aux_loss: None }
+    }
+
+    /// Runs the experts on the slots each token chose: `gates` `[tokens, k]` and `expert_ids` `[tokens·k]`,
+    /// where slot `s = t·k + j` is token t's j-th choice. Returns the output and the slots of each expert.
+    fn dispatch_slots(
+        &mut self,
+        tape: &mut Tape<T>,
+        x: &Var<T>,
+        gates: &Var<T>,
+        expert_ids: &[u32],
+    ) -> (Var<T>, Vec<Vec<u32>>) {
+        let (tokens, k) = (x.shape()[0], gates.shape()[1]);
+        self.usage.record(expert_ids, gates.value().data());
+        let mut slots_of = vec![Vec::new(); self.config.num_experts];
+        for (slot, &e) in expert_ids.iter().enumerate() {
+            slots_of[e as usize].push(slot as u32);
+        }
+        let tokens_of: Vec<Vec<u32>> =
+            slots_of.iter().map(|slots| slots.iter().map(|&s| s / k as u32).collect()).collect();
+        // Put the gates in the same expert-major order as the expert outputs will be.
+        let slot_order: Vec<u32> = slots_of.concat();
+        let gate_column = ops::reshape(tape, gates, &[tokens * k, 1]);
+        let gates_in_order = ops::embedding(tape, &gate_column, &slot_order);
+        let gates_in_order = ops::reshape(tape, &gates_in_order, &[slot_order.len()]);
+        (self.dispatch(tape, x, &tokens_of, &gates_in_order), slots_of)
     }
 
     /// Runs every expert e on its tokens `tokens_of[e]` and adds the gated outputs back into their rows:

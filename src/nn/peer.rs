@@ -19,7 +19,8 @@
 //! [`ops::peer_experts`].
 //!
 //! Steps 1–3 are the [`ProductKeyRouter`] that PKM uses too; PEER's query batch norm pools its statistics
-//! over the heads ([`QueryNorm::SharedByHeads`]). This file adds the expert pool and step 4.
+//! over the heads ([`QueryNorm::SharedByHeads`]) unless `query_bn_per_head` asks for PKM's per-head ones
+//! ([`QueryNorm::PerHead`]). This file adds the expert pool and step 4.
 //!
 //! Initialisation (the paper does not give one; chosen so activations keep unit scale): the router's
 //! (see [`ProductKeyRouter`]); U ~ N(0, 1/d) so that `u_iᵀx` has unit variance; V ~ N(0, 1/(h·k)) so that the sum of
@@ -51,6 +52,10 @@ pub struct PeerConfig {
     /// Batch-normalise the queries. Default true.
     #[cfg_attr(feature = "io", serde(default = "crate::nn::pkm::default_true"))]
     pub query_batch_norm: bool,
+    /// With `query_batch_norm`: statistics, gain and bias for each channel of each head (h·key_dim, as PKM
+    /// does) instead of key_dim channels pooled over the heads. Default false (pooled).
+    #[cfg_attr(feature = "io", serde(default))]
+    pub query_bn_per_head: bool,
     /// Default softmax.
     #[cfg_attr(feature = "io", serde(default = "default_router"))]
     pub router: Router,
@@ -127,15 +132,6 @@ impl PeerConfig {
         }
         n
     }
-
-    /// Query `2·d·h·key_dim`; sub-key scores `2·h·√N·key_dim` (two halves of √N·key_dim/2 each);
-    /// experts `4·d·h·k` (the dot product `u_iᵀx` and the scaled add of `v_i`, 2·d each). The k² candidate
-    /// sums, top-k comparisons, router and activations are O(h·k²) and left out.
-    pub fn flops_per_token(&self) -> f64 {
-        let (d, h, k) = (self.d_model as f64, self.heads as f64, self.top_k as f64);
-        let (n, kd) = (self.num_sub_keys() as f64, self.key_dim as f64);
-        2.0 * d * h * kd + 2.0 * h * n * kd + 4.0 * d * h * k
-    }
 }
 
 pub struct Peer<T: Float = f32> {
@@ -159,7 +155,11 @@ impl<T: Float> Peer<T> {
             key_dim: config.key_dim,
             num_keys: config.num_sub_keys(),
             top_k: config.top_k,
-            query_norm: if config.query_batch_norm { QueryNorm::SharedByHeads } else { QueryNorm::Off },
+            query_norm: match (config.query_batch_norm, config.query_bn_per_head) {
+                (false, _) => QueryNorm::Off,
+                (true, false) => QueryNorm::SharedByHeads,
+                (true, true) => QueryNorm::PerHead,
+            },
             gates: config.router,
         };
         let router = ProductKeyRouter::new(&spec, name, rng);
@@ -184,7 +184,7 @@ impl<T: Float> Peer<T> {
     pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> FfwOut<T> {
         // 1–3. Query network, product-key retrieval of each head's top-k experts (eq. 1), their gates (eq. 2).
         let (gates, expert_ids) = self.router.forward(tape, x, training); // [tokens, heads·k], [tokens·heads·k]
-        self.usage.record(&expert_ids);
+        self.usage.record(&expert_ids, gates.value().data());
         // 4. Experts, summed over the k experts of every head (eq. 3) and over the heads.
         let (u, v) = (tape.param(&self.u), tape.param(&self.v));
         let y = ops::peer_experts(tape, x, &u, &v, &gates, &expert_ids, self.config.activation);

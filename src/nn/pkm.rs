@@ -67,15 +67,6 @@ impl PkmConfig {
     pub fn num_slots(&self) -> usize {
         self.num_keys * self.num_keys
     }
-
-    /// Query `2·d·heads·key_dim`; sub-key scores `2·heads·n·key_dim` (two halves of n·key_dim/2 each);
-    /// weighted sum of the selected values `2·heads·k·d`. The k² candidate sums, top-k comparisons and the
-    /// softmax are O(heads·k²) and left out.
-    pub fn flops_per_token(&self) -> f64 {
-        let (d, h, k) = (self.d_model as f64, self.heads as f64, self.top_k as f64);
-        let (n, kd) = (self.num_keys as f64, self.key_dim as f64);
-        2.0 * d * h * kd + 2.0 * h * n * kd + 2.0 * h * k * d
-    }
 }
 
 pub struct Pkm<T: Float = f32> {
@@ -120,7 +111,7 @@ impl<T: Float> Pkm<T> {
     /// independent.
     pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> FfwOut<T> {
         let (weights, slot_ids) = self.router.forward(tape, x, training); // [tokens, heads·k], [tokens·heads·k]
-        self.usage.record(&slot_ids);
+        self.usage.record(&slot_ids, weights.value().data());
         // Summing the heads = one weighted sum over all heads·k slots of the token.
         let values = tape.param(&self.values);
         FfwOut { y: ops::weighted_gather(tape, &values, &slot_ids, &weights), aux_loss: None }

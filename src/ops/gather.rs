@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::grad::{Grad, RowGrad};
 use crate::kernels::peer::{axpy, dot};
-use crate::kernels::{Float, RowGroups};
+use crate::kernels::{flop_count, Float, RowGroups};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -78,6 +78,7 @@ impl<T: Float> Op<T> for WeightedGather {
         let (table, weights) = (x[0], x[1]);
         let (d, k) = (table.dim(1), weights.dim(1));
         let mut out = vec![T::ZERO; weights.dim(0) * d];
+        flop_count::record(2 * weights.numel() * d); // one axpy of a table row per (token, slot)
         out.par_chunks_mut(d).enumerate().for_each(|(t, out_t)| {
             for j in 0..k {
                 let id = self.ids[t * k + j] as usize;
@@ -92,6 +93,7 @@ impl<T: Float> Op<T> for WeightedGather {
         let (d, k) = (table.dim(1), weights.dim(1));
         // dL/dw[t,j] = dout[t] · table[ids[t,j]]
         let d_weights = needs[1].then(|| {
+            flop_count::record(2 * weights.numel() * d);
             let mut dw = vec![T::ZERO; weights.numel()];
             dw.par_chunks_mut(k).enumerate().for_each(|(t, dw_t)| {
                 for (j, dw_tj) in dw_t.iter_mut().enumerate() {
@@ -102,6 +104,7 @@ impl<T: Float> Op<T> for WeightedGather {
         });
         // dL/dtable[r] = Σ over the (t, j) that read r of w[t,j]·dout[t]: one row per distinct id.
         let d_table = needs[0].then(|| {
+            flop_count::record(2 * weights.numel() * d);
             let groups = RowGroups::new(&self.ids);
             let mut values = vec![T::ZERO; groups.len() * d];
             values.par_chunks_mut(d).enumerate().for_each(|(r, dst)| {

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::grad::Grad;
 use crate::kernels::peer::{axpy, scale_into, sum_parts};
 use crate::kernels::topk::{topk_row_into, TopKBuffer};
-use crate::kernels::{product, Float, MatRef};
+use crate::kernels::{flop_count, product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -57,21 +57,25 @@ struct Dims {
     k: usize,
 }
 
-/// The k best sums `a[ii] + b[jj]` of two sorted candidate lists, as ids `ia[ii]·n + ib[jj]`.
-fn best_sums<T: Float>(a: &[T], ia: &[u32], b: &[T], ib: &[u32], n: usize, buffer: &mut TopKBuffer<T>) {
+/// The k best sums `a[ii] + b[jj]` of two sorted candidate lists, as ids `ia[ii]·n + ib[jj]`; returns how
+/// many of the k×k sums it computed before the pruning stopped it.
+fn best_sums<T: Float>(a: &[T], ia: &[u32], b: &[T], ib: &[u32], n: usize, buffer: &mut TopKBuffer<T>) -> usize {
     buffer.clear();
+    let mut computed = 0;
     for (&ai, &i) in a.iter().zip(ia) {
         for (jj, (&bj, &j)) in b.iter().zip(ib).enumerate() {
             let sum = ai + bj;
+            computed += 1;
             if buffer.is_full() && buffer.worst().is_some_and(|(worst, _)| sum < worst) {
                 if jj == 0 {
-                    return; // a[ii] + b[0] is the best sum left in this and every later row
+                    return computed; // a[ii] + b[0] is the best sum left in this and every later row
                 }
                 break;
             }
             buffer.offer(sum, i * n as u32 + j);
         }
     }
+    computed
 }
 
 /// Selects the top-k expert ids of every query row, best first, with their scores; rows in parallel
@@ -84,14 +88,16 @@ fn select<T: Float>(query: &[T], keys1: &[T], keys2: &[T], dims: Dims) -> (Vec<u
     blocks.zip(scores.par_chunks_mut(ROW_BLOCK * k)).for_each(|((q_block, id_block), score_block)| {
         let ((a, ia), (c, ic)) = (half_topk(q_block, 0, keys1, dims), half_topk(q_block, 1, keys2, dims));
         let mut buffer = TopKBuffer::new(k);
+        let mut sums = 0;
         let rows = id_block.chunks_exact_mut(k).zip(score_block.chunks_exact_mut(k)).enumerate();
         for (r, (out_ids, out_scores)) in rows {
             let at = r * k..(r + 1) * k;
-            best_sums(&a[at.clone()], &ia[at.clone()], &c[at.clone()], &ic[at], dims.n, &mut buffer);
+            sums += best_sums(&a[at.clone()], &ia[at.clone()], &c[at.clone()], &ic[at], dims.n, &mut buffer);
             for ((id, score), &(sum, sum_id)) in out_ids.iter_mut().zip(out_scores.iter_mut()).zip(buffer.items()) {
                 (*id, *score) = (sum_id, sum);
             }
         }
+        flop_count::record(sums);
     });
     (ids, scores)
 }
@@ -134,6 +140,8 @@ impl<T: Float> ProductKeyScores<T> {
     fn grad_rows(&self, x: &[&Tensor<T>], ds: &[T], first_row: usize, dq_rows: &mut [T]) -> Vec<T> {
         let (query, keys1, keys2) = (x[0].data(), x[1].data(), x[2].data());
         let Dims { dh, n, k } = self.dims;
+        // Per selection: the two halves of dq and of the sub-key gradients, dh multiply-adds each.
+        flop_count::record(dq_rows.len() / (2 * dh) * k * 8 * dh);
         let mut d_keys = vec![T::ZERO; 2 * n * dh];
         let (dk1, dk2) = d_keys.split_at_mut(n * dh);
         for (r, dq_r) in (first_row..).zip(dq_rows.chunks_exact_mut(2 * dh)) {

@@ -8,7 +8,7 @@
 //! Backward: `dy[i] = weights[i] · dout[rows[i]]` and `dweights[i] = ⟨y[i], dout[rows[i]]⟩`.
 
 use crate::grad::Grad;
-use crate::kernels::Float;
+use crate::kernels::{flop_count, Float};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -32,6 +32,7 @@ impl<T: Float> Op<T> for ScatterRows {
             self.rows.len()
         );
         let width = y.dim(1);
+        flop_count::record(2 * y.numel());
         let mut out = vec![T::ZERO; self.total_rows * width];
         for (i, &row) in self.rows.iter().enumerate() {
             let row = row as usize;
@@ -53,6 +54,7 @@ impl<T: Float> Op<T> for ScatterRows {
             &g.data()[row * width..(row + 1) * width]
         };
         let grad_y = needs[0].then(|| {
+            flop_count::record(y.numel()); // a scaled copy: one multiply per element
             let mut dy = Vec::with_capacity(y.numel());
             for (i, &w) in weights.data().iter().enumerate() {
                 dy.extend(grad_row(i).iter().map(|&g| w * g));
@@ -60,6 +62,7 @@ impl<T: Float> Op<T> for ScatterRows {
             Grad::Dense(Tensor::from_vec(y.shape(), dy))
         });
         let grad_weights = needs[1].then(|| {
+            flop_count::record(2 * y.numel());
             let dw = (0..self.rows.len())
                 .map(|i| {
                     let y_row = &y.data()[i * width..(i + 1) * width];
