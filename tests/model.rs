@@ -44,7 +44,7 @@ fn logits(model: &mut Gpt<f64>, tokens: &[u32], batch: usize) -> Vec<f64> {
 
 #[test]
 fn changing_a_later_token_never_changes_earlier_logits() {
-    let kinds = [FfwKind::Dense, FfwKind::Moe, FfwKind::Pkm, FfwKind::Peer].map(|kind| tiny(kind));
+    let kinds = [FfwKind::Dense, FfwKind::Moe, FfwKind::Pkm, FfwKind::Peer].map(tiny);
     // Expert choice (the default MoE) routes over the batch in training; evaluation must not.
     assert_eq!(kinds[1].moe.routing, Routing::ExpertChoice);
     let mut token_choice = tiny(FfwKind::Moe);

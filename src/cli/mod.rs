@@ -14,6 +14,7 @@ use peerlm::sample::{generate, SampleConfig};
 mod eval;
 mod prepare;
 mod sample;
+mod sweep;
 mod train;
 
 #[derive(Parser)]
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Continue a prompt with a trained model.
     Sample(sample::SampleArgs),
+    /// Run (or list) the grid of training runs a sweep spec describes, resumably.
+    Sweep(sweep::SweepArgs),
 }
 
 pub fn run() -> Result<(), Box<dyn Error>> {
@@ -41,6 +44,7 @@ pub fn run() -> Result<(), Box<dyn Error>> {
         Command::Train(args) => train::run(&args)?,
         Command::Eval(args) => eval::run(&args)?,
         Command::Sample(args) => sample::run(&args)?,
+        Command::Sweep(args) => sweep::run(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,150 @@
+//! `peerlm sweep`: run the grids of a sweep spec, one directory per run, resumable; or list one
+//! self-contained command per run, for a scheduler. See [`peerlm::sweep`] for the spec and the layout.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use peerlm::data::{tokenizer_file, TokenDataset};
+use peerlm::sweep::{self, PlannedRun, RunState, SweepData, SweepSpec};
+
+use super::{prepare, shard_paths};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep file: a base config and grids of runs (see configs/study/).
+    #[arg(long)]
+    spec: PathBuf,
+    /// Output directory: the prepared data and one directory per run (default runs/<spec name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A prepared data directory to use instead of the spec's "data" files.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one self-contained command per run, and run nothing.
+    #[arg(long)]
+    list: bool,
+    /// Run only these runs, named grid/name as --list prints them.
+    #[arg(long, num_args = 1..)]
+    run: Vec<String>,
+    /// Also copy each finished run's summary to <DIR>/<grid>/<name>.json (the files a report is made of).
+    #[arg(long)]
+    summaries: Option<PathBuf>,
+}
+
+pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
+    let spec = SweepSpec::load(&args.spec)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from("runs").join(stem)
+    });
+    let runs = select(spec.plan()?, &args.run)?;
+    if args.list {
+        for run in &runs {
+            println!("{}", command_for(args, &out, run));
+        }
+        return Ok(());
+    }
+    let vocab = runs.first().map_or(0, |r| r.config.model.vocab_size);
+    let data_dir = match &args.data {
+        Some(dir) => dir.clone(),
+        None => prepared_data(&spec, &out, vocab)?,
+    };
+    let tokenizer = tokenizer_file::load(&data_dir.join("tokenizer.bpe"))?;
+    let tokenizer_text = tokenizer_file::to_text(&tokenizer);
+    let mut done_flops = 0.0;
+    let total_flops: f64 = runs.iter().map(PlannedRun::train_flops).sum();
+    let started = Instant::now();
+    for (i, run) in runs.iter().enumerate() {
+        if run.config.model.vocab_size != tokenizer.vocab_size() {
+            return Err(format!(
+                "run {}: model.vocab_size {} but the tokenizer has {}",
+                run.id(),
+                run.config.model.vocab_size,
+                tokenizer.vocab_size()
+            )
+            .into());
+        }
+        let seq_len = run.config.model.seq_len;
+        let train = TokenDataset::open(&shard_paths(&data_dir, "train")?, seq_len)?;
+        let valid = TokenDataset::open(&shard_paths(&data_dir, "valid")?, seq_len)?;
+        let finished = matches!(sweep::run_state(run, &out)?, RunState::Finished(_));
+        let spent = started.elapsed().as_secs_f64();
+        let eta = (done_flops > 0.0).then(|| (total_flops - done_flops) * spent / done_flops);
+        eprintln!(
+            "[{}/{}] {}: {} steps, {:.2e} FLOPs{}{}",
+            i + 1,
+            runs.len(),
+            run.id(),
+            run.config.train.steps,
+            run.train_flops(),
+            if finished { " (finished)" } else { "" },
+            eta.map_or(String::new(), |s| format!("; whole sweep ETA {}", hours_minutes(s)))
+        );
+        let data = SweepData { train: &train, valid: &valid, tokenizer: &tokenizer, tokenizer_text: &tokenizer_text };
+        let summary = sweep::execute(run, &out, &data, true)?;
+        if !finished {
+            done_flops += run.train_flops();
+        }
+        let c4 = &summary.eval["c4"];
+        eprintln!("  {}: C4 validation perplexity {:.2} ({} tokens)", run.id(), c4.perplexity, c4.tokens);
+        if let Some(dir) = &args.summaries {
+            let path = dir.join(&run.grid).join(format!("{}.json", run.name));
+            std::fs::create_dir_all(path.parent().expect("has a grid directory"))?;
+            summary.save(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The runs named by `wanted` (all when empty); an unknown name is an error listing none of the others.
+fn select(runs: Vec<PlannedRun>, wanted: &[String]) -> Result<Vec<PlannedRun>, Box<dyn Error>> {
+    if wanted.is_empty() {
+        return Ok(runs);
+    }
+    if let Some(unknown) = wanted.iter().find(|w| !runs.iter().any(|r| &r.id() == *w)) {
+        return Err(format!("--run {unknown}: no such run in the spec (see --list)").into());
+    }
+    Ok(runs.into_iter().filter(|r| wanted.contains(&r.id())).collect())
+}
+
+/// The command that runs `run` alone, with the same spec, output and data.
+fn command_for(args: &SweepArgs, out: &Path, run: &PlannedRun) -> String {
+    let mut command = format!("peerlm sweep --spec {} --out {} --run {}", args.spec.display(), out.display(), run.id());
+    if let Some(data) = &args.data {
+        command += &format!(" --data {}", data.display());
+    }
+    if let Some(dir) = &args.summaries {
+        command += &format!(" --summaries {}", dir.display());
+    }
+    command
+}
+
+/// `<out>/data`, tokenized from the spec's files on first use. It is prepared in a directory of its own
+/// and renamed into place, so jobs started at once on a cluster never read a half-written one: the first
+/// rename wins and the others use its result.
+fn prepared_data(spec: &SweepSpec, out: &Path, vocab: usize) -> Result<PathBuf, Box<dyn Error>> {
+    let dir = out.join("data");
+    if dir.join("tokenizer.bpe").exists() {
+        return Ok(dir);
+    }
+    let data = spec.data.as_ref().ok_or("the spec has no \"data\" section and no --data was given")?;
+    let temp = out.join(format!("data.tmp-{}", std::process::id()));
+    eprintln!("preparing the sweep's data into {} (vocabulary {vocab})", dir.display());
+    let args = prepare::PrepareArgs::new(data.train.clone(), data.valid.clone(), temp.clone(), vocab);
+    let prepared = prepare::run(&args).and_then(|()| Ok(std::fs::rename(&temp, &dir)?));
+    if prepared.is_err() || temp.exists() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    match prepared {
+        Ok(()) => Ok(dir),
+        Err(_) if dir.join("tokenizer.bpe").exists() => Ok(dir),
+        Err(e) => Err(e),
+    }
+}
+
+fn hours_minutes(seconds: f64) -> String {
+    let minutes = (seconds / 60.0).round() as u64;
+    format!("{}h{:02}m", minutes / 60, minutes % 60)
+}
