@@ -83,9 +83,13 @@ pub struct Axis {
 #[serde(deny_unknown_fields)]
 pub struct AxisValue {
     pub name: String,
-    /// Merged into the base config.
-    #[serde(default)]
+    /// Merged into the base config; none changes nothing.
+    #[serde(default = "empty_patch")]
     pub patch: Value,
+}
+
+fn empty_patch() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 /// One run of a grid, fully resolved.
