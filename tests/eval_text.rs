@@ -48,8 +48,8 @@ fn every_target_is_scored_once_with_the_promised_context() {
             let mut times_scored = vec![0; targets];
             for (k, w) in plan.iter().enumerate() {
                 assert!(w.begin <= w.scored_from && w.scored_from < w.end && w.end - w.begin <= context, "{w:?}");
-                for position in w.scored_from..w.end {
-                    times_scored[position] += 1;
+                for (position, count) in times_scored.iter_mut().enumerate().take(w.end).skip(w.scored_from) {
+                    *count += 1;
                     // Inputs begin..=position: the target sees position - begin + 1 tokens.
                     let seen = position - w.begin + 1;
                     assert!(k == 0 || seen > context - stride, "{targets} targets, {protocol:?}: {seen} tokens seen");
