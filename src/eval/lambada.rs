@@ -69,26 +69,66 @@ pub fn score_lambada<S: AsRef<str>>(
         }
         report.passages += texts.len();
         let chunk: Vec<Passage> = texts.iter().filter_map(|text| passage(tokenizer, text.as_ref())).collect();
-        let jobs: Vec<Job> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(doc, p)| {
-                let end = p.document.tokens.len() - 1;
-                let begin = end.saturating_sub(context);
-                (p.word_from >= begin).then_some(Job { doc, window: Window { begin, end, scored_from: p.word_from } })
-            })
-            .collect();
-        let documents: Vec<TokenDocument> = chunk.into_iter().map(|p| p.document).collect();
-        let mut all_greedy = vec![true; documents.len()];
-        run_windows(model, &documents, &jobs, |job, target| {
-            report.words.nats += target.nats;
-            report.words.tokens += 1;
-            all_greedy[job.doc] &= target.greedy;
-        });
-        report.correct += jobs.iter().filter(|job| all_greedy[job.doc]).count();
-        report.words.bytes += jobs.iter().map(|job| documents[job.doc].bytes).sum::<usize>();
+        let (correct, words) = score_passages(model, chunk, context);
+        report.correct += correct;
+        report.words.add(&words);
     }
+}
+
+/// The passages whose word greedy decoding gets right, and the word's score summed over passages.
+fn score_passages(model: &mut Gpt<f32>, passages: Vec<Passage>, context: usize) -> (usize, Score) {
+    let jobs: Vec<Job> = passages
+        .iter()
+        .enumerate()
+        .filter_map(|(doc, p)| {
+            let end = p.document.tokens.len() - 1;
+            let begin = end.saturating_sub(context);
+            (p.word_from >= begin).then_some(Job { doc, window: Window { begin, end, scored_from: p.word_from } })
+        })
+        .collect();
+    let documents: Vec<TokenDocument> = passages.into_iter().map(|p| p.document).collect();
+    let mut all_greedy = vec![true; documents.len()];
+    let mut words = Score::default();
+    run_windows(model, &documents, &jobs, |job, target| {
+        words.nats += target.nats;
+        words.tokens += 1;
+        all_greedy[job.doc] &= target.greedy;
+    });
+    words.bytes = jobs.iter().map(|job| documents[job.doc].bytes).sum();
+    (jobs.iter().filter(|job| all_greedy[job.doc]).count(), words)
 }
 
 /// Passages per chunk: a few thousand short windows at a time.
 const CHUNK_PASSAGES: usize = 2048;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::sample::{generate, SampleConfig};
+
+    /// A word is right exactly when greedy decoding (the sampler at temperature 0, with its own cached
+    /// forward passes) produces it, token for token.
+    #[test]
+    fn correct_means_greedy_decoding_produces_the_word() {
+        let mut config =
+            ModelConfig { vocab_size: 40, seq_len: 12, d_model: 16, n_layers: 2, n_heads: 2, ..Default::default() };
+        config.dense.d_ff = 32;
+        config.propagate_d_model();
+        let mut model = Gpt::new(&config, 3);
+        let greedy = SampleConfig { max_new_tokens: 3, temperature: 0.0, top_k: None, seed: 0, stop_token: None };
+        let mut passages = Vec::new();
+        for seed in 0..6u32 {
+            let context: Vec<u32> = (0..5 + seed).map(|i| (i * 7 + seed * 3) % 39).collect();
+            let mut word = generate(&mut model, &context, &greedy, |_| {});
+            if seed % 2 == 1 {
+                word[2] = (word[2] + 1) % 39; // wrong in its last token only
+            }
+            let tokens: Vec<u32> = context.iter().chain(&word).copied().collect();
+            let document = TokenDocument { tokens, bytes: 1 };
+            passages.push(Passage { document, word_from: context.len() - 1 });
+        }
+        let (correct, words) = score_passages(&mut model, passages, 12);
+        assert_eq!((correct, words.tokens), (3, 18));
+    }
+}
