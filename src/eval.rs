@@ -2,12 +2,17 @@
 //! tokenizers), and for retrieval layers the expert usage and the KL divergence of the selection
 //! distribution from uniform (He 2024, §3.3 and Table 2).
 //!
-//! Validation windows are consecutive and non-overlapping ([`TokenDataset::valid_batches`]), so every
-//! held-out token is scored once, with the context that precedes it inside its window.
+//! [`evaluate`] is the trainer's quick validation: windows consecutive and non-overlapping over the shards
+//! ([`TokenDataset::valid_batches`]), crossing document boundaries, with the tail shorter than a window
+//! left out. [`text`] scores whole documents under a stated protocol (`peerlm eval`), and [`lambada`] the
+//! last-word task.
 
 use crate::data::loader::TokenDataset;
 use crate::model::Gpt;
 use crate::tape::Tape;
+
+pub mod lambada;
+pub mod text;
 
 /// Expert (or memory slot) usage of one retrieval layer over an evaluation.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,7 +58,21 @@ pub fn evaluate(
             bytes += batch.targets.iter().map(|&t| len(t)).sum::<usize>();
         }
     }
-    let usage = model
+    let usage = layer_usage(model);
+    model.track_usage(false);
+    let loss = nats / tokens.max(1) as f64;
+    EvalReport {
+        tokens,
+        loss,
+        perplexity: loss.exp(),
+        bits_per_byte: (bytes > 0).then(|| nats / std::f64::consts::LN_2 / bytes as f64),
+        usage,
+    }
+}
+
+/// The usage counted in each retrieval layer since tracking was switched on ([`Gpt::track_usage`]).
+pub fn layer_usage(model: &Gpt<f32>) -> Vec<LayerUsage> {
+    model
         .blocks
         .iter()
         .enumerate()
@@ -65,14 +84,5 @@ pub fn evaluate(
                 selection_kl_from_uniform: u.selection_kl_from_uniform(),
             })
         })
-        .collect();
-    model.track_usage(false);
-    let loss = nats / tokens.max(1) as f64;
-    EvalReport {
-        tokens,
-        loss,
-        perplexity: loss.exp(),
-        bits_per_byte: (bytes > 0).then(|| nats / std::f64::consts::LN_2 / bytes as f64),
-        usage,
-    }
+        .collect()
 }

@@ -31,8 +31,9 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::data::atomic_file::AtomicFile;
 use crate::data::{TokenDataset, Tokenizer};
-use crate::eval::{self, EvalReport};
-use crate::model::flops;
+use crate::eval::text::{self, Protocol};
+use crate::eval::{self, lambada};
+use crate::model::{flops, Gpt};
 use crate::train::{self, RunConfig, RunOptions, TrainError, Trainer};
 
 /// A sweep file.
@@ -42,9 +43,25 @@ pub struct SweepSpec {
     /// The text the runs train on and are validated with; `peerlm sweep --data` can replace it.
     #[serde(default)]
     pub data: Option<DataSpec>,
+    /// Held-out sets, scored after training; the first one's expert usage is reported.
+    #[serde(default)]
+    pub eval: Vec<EvalSet>,
     /// A run config (or the part of one that differs from the defaults).
     pub base: Value,
     pub grids: Vec<GridSpec>,
+}
+
+/// A held-out set of documents every run is scored on: C4-style JSON lines (`text` field) or a plain
+/// text file (one document).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSet {
+    /// The name in summaries and reports, e.g. `c4`, `wikitext`, `lambada`.
+    pub name: String,
+    pub path: PathBuf,
+    /// Also score each document's last word as LAMBADA does (accuracy of greedy decoding).
+    #[serde(default)]
+    pub lambada: bool,
 }
 
 /// Raw C4-style files (`*.json.gz`, `*.jsonl`), paths relative to the working directory. They are
@@ -232,13 +249,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// Held-out figures of one evaluation set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetScore {
-    /// How it was scored, e.g. "non-overlapping windows of 128 tokens".
+    /// How it was scored ([`Protocol::describe`]).
     pub protocol: String,
+    #[serde(default)]
+    pub documents: Option<usize>,
+    /// Tokens scored, and the UTF-8 bytes of the text they encode.
     pub tokens: usize,
+    #[serde(default)]
+    pub bytes: Option<usize>,
     /// Mean cross-entropy, nats per token.
     pub loss: f64,
     pub perplexity: f64,
     pub bits_per_byte: Option<f64>,
+    /// LAMBADA only: the share of passages whose last word greedy decoding gets right.
+    #[serde(default)]
+    pub last_word_accuracy: Option<f64>,
 }
 
 /// Expert usage of one retrieval layer (He 2024, §3.3).
@@ -353,20 +378,71 @@ pub fn start_run(run: &PlannedRun, out: &Path) -> Result<PathBuf, TrainError> {
 /// What every run of a sweep trains and is scored on.
 pub struct SweepData<'a> {
     pub train: &'a TokenDataset,
-    /// The C4 validation split, scored as `c4`.
+    /// Validation shards, for the loss `metrics.jsonl` records at the end of training.
     pub valid: &'a TokenDataset,
     pub tokenizer: &'a Tokenizer,
     /// The tokenizer file's text, kept in checkpoints.
     pub tokenizer_text: &'a str,
+    /// The held-out sets every run is scored on, with their documents; the first one's expert usage is
+    /// the run's (the C4 validation split, in the study).
+    pub eval_sets: &'a [(EvalSet, Vec<String>)],
 }
 
-/// Trains `run` under `out` (from its checkpoint if it was started), scores it and writes its summary.
-/// A finished run is returned as it is.
+/// Trains `run` under `out` (from its checkpoint if it was started), scores it on every held-out set and
+/// writes its summary. A finished run is not trained again; if its summary lacks a set, or scored it
+/// under another protocol, that set is scored from the run's checkpoint and the summary rewritten.
 pub fn execute(run: &PlannedRun, out: &Path, data: &SweepData, progress: bool) -> Result<RunSummaryFile, TrainError> {
-    let dir = match run_state(run, out)? {
-        RunState::Finished(summary) => return Ok(*summary),
-        RunState::New | RunState::Started => start_run(run, out)?,
+    let dir = run.dir(out);
+    let (mut summary, mut model) = match run_state(run, out)? {
+        RunState::Finished(summary) => (*summary, None),
+        RunState::New | RunState::Started => {
+            let (summary, trainer) = train_run(run, out, data, progress)?;
+            (summary, Some(trainer.model))
+        }
     };
+    let missing: Vec<&(EvalSet, Vec<String>)> =
+        data.eval_sets.iter().filter(|(set, _)| !scored(&summary, set, run.config.model.seq_len)).collect();
+    if missing.is_empty() && model.is_none() {
+        return Ok(summary);
+    }
+    if !missing.is_empty() {
+        let model = match &mut model {
+            Some(model) => model,
+            None => model.insert(load_run_model(&dir)?),
+        };
+        for &(set, documents) in &missing {
+            let first = std::ptr::eq(set, &data.eval_sets[0].0);
+            let (score, usage) = score_set(model, data.tokenizer, set, documents);
+            summary.eval.insert(set.name.clone(), score);
+            if first {
+                summary.usage = usage;
+            }
+        }
+    }
+    summary.save(&dir.join("summary.json"))?;
+    Ok(summary)
+}
+
+/// Whether `summary` holds `set` scored under the protocol the sweep uses now.
+fn scored(summary: &RunSummaryFile, set: &EvalSet, context: usize) -> bool {
+    let protocol = Protocol::non_overlapping(context).describe();
+    summary.eval.get(&set.name).is_some_and(|score| score.protocol == protocol && score.documents.is_some())
+}
+
+fn load_run_model(dir: &Path) -> Result<Gpt<f32>, TrainError> {
+    let path = dir.join("checkpoint.safetensors");
+    let checkpoint = Checkpoint::load(&path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+    Ok(train::load_model(checkpoint)?.0)
+}
+
+/// Trains the run to its last step; the summary has no held-out scores yet.
+fn train_run(
+    run: &PlannedRun,
+    out: &Path,
+    data: &SweepData,
+    progress: bool,
+) -> Result<(RunSummaryFile, Trainer), TrainError> {
+    let dir = start_run(run, out)?;
     let checkpoint = dir.join("checkpoint.safetensors");
     let mut trainer = if checkpoint.exists() {
         Trainer::from_checkpoint(Checkpoint::load(&checkpoint).map_err(|e| TrainError(e.to_string()))?)?
@@ -378,40 +454,8 @@ pub fn execute(run: &PlannedRun, out: &Path, data: &SweepData, progress: bool) -
     let started = std::time::Instant::now();
     let trained = train::run(&mut trainer, data.train, Some(data.valid), &options)?;
     let seconds = started.elapsed().as_secs_f64();
-    let token_len = |id: u32| data.tokenizer.token_bytes(id).map_or(0, <[u8]>::len);
-    let c4 = eval::evaluate(&mut trainer.model, data.valid, trainer.config.train.batch_size, 0, Some(&token_len));
-    let summary = summarise(run, &trainer, data, (&trained, seconds), &c4);
-    summary.save(&dir.join("summary.json"))?;
-    Ok(summary)
-}
-
-fn summarise(
-    run: &PlannedRun,
-    trainer: &Trainer,
-    data: &SweepData,
-    (trained, seconds): (&train::RunSummary, f64),
-    c4: &EvalReport,
-) -> RunSummaryFile {
-    let seq_len = run.config.model.seq_len;
-    let score = SetScore {
-        protocol: format!("non-overlapping windows of {seq_len} tokens"),
-        tokens: c4.tokens,
-        loss: c4.loss,
-        perplexity: c4.perplexity,
-        bits_per_byte: c4.bits_per_byte,
-    };
-    let usage = c4
-        .usage
-        .iter()
-        .map(|u| UsageScore {
-            block: u.block,
-            fraction_used: u.fraction_used,
-            kl_from_uniform: u.kl_from_uniform,
-            selection_kl_from_uniform: u.selection_kl_from_uniform,
-        })
-        .collect();
     let train_tokens = run.config.train.steps as f64 * run.tokens_per_step() as f64;
-    RunSummaryFile {
+    let summary = RunSummaryFile {
         grid: run.grid.clone(),
         name: run.name.clone(),
         labels: run.labels.iter().cloned().collect(),
@@ -427,12 +471,50 @@ fn summarise(
         final_train_loss: trained.final_train_loss.is_finite().then_some(trained.final_train_loss),
         train_seconds: seconds,
         tokens_per_second: trained.tokens_per_second,
-        eval: BTreeMap::from([("c4".to_string(), score)]),
-        usage,
+        eval: BTreeMap::new(),
+        usage: Vec::new(),
         machine: machine(),
         date: today(),
         config: run.config.clone(),
-    }
+    };
+    Ok((summary, trainer))
+}
+
+/// Scores `documents` of `set` document by document in non-overlapping windows of the model's context
+/// (tails included), counting expert usage on the way; LAMBADA sets add last-word accuracy.
+fn score_set(
+    model: &mut Gpt<f32>,
+    tokenizer: &Tokenizer,
+    set: &EvalSet,
+    documents: &[String],
+) -> (SetScore, Vec<UsageScore>) {
+    let protocol = Protocol::non_overlapping(model.config().seq_len);
+    model.track_usage(true);
+    let report = text::score_documents(model, tokenizer, documents, &protocol, false);
+    let usage = eval::layer_usage(model)
+        .into_iter()
+        .map(|u| UsageScore {
+            block: u.block,
+            fraction_used: u.fraction_used,
+            kl_from_uniform: u.kl_from_uniform,
+            selection_kl_from_uniform: u.selection_kl_from_uniform,
+        })
+        .collect();
+    model.track_usage(false);
+    let last_word_accuracy =
+        set.lambada.then(|| lambada::score_lambada(model, tokenizer, documents, protocol.context).accuracy());
+    let total = &report.total;
+    let score = SetScore {
+        protocol: protocol.describe(),
+        documents: Some(report.documents),
+        tokens: total.tokens,
+        bytes: Some(total.bytes),
+        loss: total.loss(),
+        perplexity: total.perplexity(),
+        bits_per_byte: Some(total.bits_per_byte()),
+        last_word_accuracy,
+    };
+    (score, usage)
 }
 
 /// The CPU model and the number of threads, e.g. "AMD EPYC 7B13, 2 threads".

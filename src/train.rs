@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::{Batch, TokenDataset};
+use crate::data::{fnv, tokenizer_file, Tokenizer};
 use crate::model::{flops, Gpt, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, CosineSchedule};
@@ -185,6 +186,11 @@ impl Trainer {
         self.tokenizer = Some(text);
     }
 
+    /// The tokenizer file's text recorded for checkpoints, if any.
+    pub fn tokenizer(&self) -> Option<&str> {
+        self.tokenizer.as_deref()
+    }
+
     /// Steps taken so far.
     pub fn step_count(&self) -> u64 {
         self.step
@@ -251,6 +257,7 @@ impl Trainer {
         metadata.insert("config".into(), serde_json::to_string(&self.config).expect("config serialises"));
         if let Some(tokenizer) = &self.tokenizer {
             metadata.insert("tokenizer".into(), tokenizer.clone());
+            metadata.insert("tokenizer_hash".into(), format!("{:016x}", fnv::hash(tokenizer.as_bytes())));
         }
         Checkpoint { tensors, metadata }
     }
@@ -284,6 +291,24 @@ pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metada
     Ok((model, restored.config, restored.metadata))
 }
 
+/// The model, config and tokenizer of the checkpoint at `path`, for scoring or sampling; errors name the file.
+pub fn load_model_and_tokenizer(path: &Path) -> Result<(Gpt<f32>, RunConfig, Tokenizer), TrainError> {
+    let in_file = |e: &dyn fmt::Display| TrainError(format!("{}: {e}", path.display()));
+    let checkpoint = Checkpoint::load(path).map_err(|e| TrainError(e.to_string()))?;
+    let (model, config, metadata) = load_model(checkpoint).map_err(|e| in_file(&e))?;
+    let text = metadata.get("tokenizer").ok_or_else(|| in_file(&"the checkpoint holds no tokenizer"))?;
+    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))
+        .map_err(|e| TrainError(e.to_string()))?;
+    if tokenizer.vocab_size() != config.model.vocab_size {
+        return Err(in_file(&format!(
+            "the tokenizer has {} tokens but model.vocab_size is {}",
+            tokenizer.vocab_size(),
+            config.model.vocab_size
+        )));
+    }
+    Ok((model, config, tokenizer))
+}
+
 /// A checkpoint's parts, checked and parsed.
 struct Restored {
     config: RunConfig,
@@ -306,7 +331,24 @@ impl Restored {
         restored.config = serde_json::from_str(restored.meta("config")?).map_err(|e| bad("config", e))?;
         restored.config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
         restored.step = restored.meta("step")?.parse().map_err(|e| bad("step", e))?;
+        restored.check_tokenizer_hash()?;
         Ok(restored)
+    }
+
+    /// The tokenizer must be the one whose hash was recorded beside it (checkpoints written before the hash
+    /// existed have none, and pass).
+    fn check_tokenizer_hash(&self) -> Result<(), TrainError> {
+        let (Some(text), Some(recorded)) = (self.metadata.get("tokenizer"), self.metadata.get("tokenizer_hash")) else {
+            return Ok(());
+        };
+        let actual = format!("{:016x}", fnv::hash(text.as_bytes()));
+        if &actual != recorded {
+            return Err(TrainError(format!(
+                "checkpoint: its tokenizer hashes to {actual}, but its metadata \"tokenizer_hash\" records {recorded} \
+                 (the tokenizer was replaced after training)"
+            )));
+        }
+        Ok(())
     }
 
     fn meta(&self, key: &str) -> Result<&str, TrainError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use peerlm::checkpoint::Checkpoint;
 use peerlm::data::{shard, DocumentReader, TokenDataset, Tokenizer};
 use peerlm::model::{flops, FfwKind};
-use peerlm::sweep::{self, merge_patch, PlannedRun, RunState, SweepData, SweepSpec};
+use peerlm::sweep::{self, merge_patch, EvalSet, PlannedRun, RunState, SweepData, SweepSpec};
 use peerlm::train::Trainer;
 use serde_json::json;
 
@@ -107,13 +107,20 @@ fn a_run_resumes_exactly_is_skipped_when_finished_and_refuses_another_config() {
     let root = temp_dir("resume");
     let (tokenizer, train, valid) = data(&root);
     let text = peerlm::data::tokenizer_file::to_text(&tokenizer);
-    let data = SweepData { train: &train, valid: &valid, tokenizer: &tokenizer, tokenizer_text: &text };
+    let held_out = |name: &str, lambada| EvalSet { name: name.into(), path: PathBuf::new(), lambada };
+    let documents: Vec<String> =
+        ["The cat sat on the mat.", "A second, longer document of text to score."].map(String::from).to_vec();
+    let eval_sets = [(held_out("c4", false), documents.clone()), (held_out("lambada", true), documents)];
+    let data =
+        SweepData { train: &train, valid: &valid, tokenizer: &tokenizer, tokenizer_text: &text, eval_sets: &eval_sets };
     let run = peer_run();
 
     let straight = root.join("straight");
     let summary = sweep::execute(&run, &straight, &data, false).unwrap();
     assert_eq!(summary.steps, run.config.train.steps);
     assert!(summary.eval["c4"].perplexity.is_finite() && !summary.usage.is_empty());
+    assert_eq!(summary.eval["c4"].documents, Some(2));
+    assert!(summary.eval["c4"].last_word_accuracy.is_none() && summary.eval["lambada"].last_word_accuracy.is_some());
 
     // Interrupted half-way: the directory holds the config and a checkpoint of the first half.
     let interrupted = root.join("interrupted");
@@ -132,6 +139,13 @@ fn a_run_resumes_exactly_is_skipped_when_finished_and_refuses_another_config() {
 
     // Finished: executing again trains nothing and returns the summary on disk.
     let metrics = std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap();
+    assert_eq!(sweep::execute(&run, &straight, &data, false).unwrap(), summary);
+    assert_eq!(std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap(), metrics);
+
+    // A set the summary lacks is scored from the checkpoint, without training.
+    let mut partial = summary.clone();
+    partial.eval.remove("lambada");
+    partial.save(&run.dir(&straight).join("summary.json")).unwrap();
     assert_eq!(sweep::execute(&run, &straight, &data, false).unwrap(), summary);
     assert_eq!(std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap(), metrics);
 

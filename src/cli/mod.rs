@@ -6,8 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use peerlm::checkpoint::Checkpoint;
-use peerlm::data::{tokenizer_file, Tokenizer};
+use peerlm::data::{TokenDataset, Tokenizer, TokenizerId};
 use peerlm::model::Gpt;
 use peerlm::sample::{generate, SampleConfig};
 
@@ -66,13 +65,26 @@ fn shard_paths(dir: &Path, split: &str) -> Result<Vec<PathBuf>, Box<dyn Error>> 
     Ok(paths)
 }
 
-/// The model and tokenizer stored in a checkpoint.
+/// The model and tokenizer stored in a checkpoint (refused if the tokenizer is not the one it was trained
+/// with, see `peerlm::train::load_model_and_tokenizer`).
 fn load_model(path: &Path) -> Result<(Gpt<f32>, Tokenizer), Box<dyn Error>> {
-    let (model, _, metadata) = peerlm::train::load_model(Checkpoint::load(path)?)?;
-    let text =
-        metadata.get("tokenizer").ok_or_else(|| format!("{}: the checkpoint holds no tokenizer", path.display()))?;
-    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))?;
+    let (model, _, tokenizer) = peerlm::train::load_model_and_tokenizer(path)?;
     Ok((model, tokenizer))
+}
+
+/// The `<split>_*.bin` shards of a prepared directory, refused unless `tokenizer` wrote them; prints what
+/// could not be checked.
+fn open_shards(
+    dir: &Path,
+    split: &str,
+    seq_len: usize,
+    tokenizer: &TokenizerId,
+) -> Result<TokenDataset, Box<dyn Error>> {
+    let data = TokenDataset::open_for(&shard_paths(dir, split)?, seq_len, tokenizer)?;
+    for warning in data.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(data)
 }
 
 /// Prints the prompt and its continuation as the tokens arrive.

@@ -1,4 +1,4 @@
-//! `peerlm prepare`: C4 shards → `tokenizer.bpe` + `train_000.bin`... + `valid_000.bin`...
+//! `peerlm prepare`: text → `tokenizer.bpe` + `train_000.bin`... + `valid_000.bin`...
 //!
 //! Two streaming passes over the training input. Pass 1 reads documents until `--train-sample-bytes` of
 //! text and trains the tokenizer on them. Pass 2 reads everything again, encodes it in parallel a batch of
@@ -6,6 +6,10 @@
 //! `--valid` files or are the last `--valid-docs` documents of the input (kept back by a queue of that
 //! length, in both passes, so the tokenizer never sees them either). Memory holds the tokenizer sample,
 //! one batch and the held-out queue, never the whole input.
+//!
+//! With `--tokenizer` or `--from-checkpoint` there is no pass 1: an existing tokenizer encodes the text,
+//! so held-out text can be encoded for a trained model with `--valid` alone. Every shard records its
+//! tokenizer's hash, and the tokenizer is copied beside the shards.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -17,25 +21,36 @@ use clap::Args;
 use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
 use peerlm::data::c4::DocumentReader;
 use peerlm::data::shard::ShardWriter;
-use peerlm::data::{tokenizer_file, DataError, Tokenizer};
+use peerlm::data::{tokenizer_file, DataError, Tokenizer, TokenizerId};
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// C4 files (*.json.gz, *.jsonl, *.json) or directories of them, read in the order given.
-    #[arg(long, required = true, num_args = 1..)]
+    /// Training text: C4-style JSON lines (*.json.gz, *.jsonl, *.json) or plain *.txt/*.raw files (one
+    /// document each), or directories of JSON lines, read in the order given. Optional with an existing
+    /// tokenizer.
+    #[arg(long, num_args = 1.., required_unless_present_any = ["tokenizer", "from_checkpoint"])]
     input: Vec<PathBuf>,
     /// Output directory (created if missing).
     #[arg(long)]
     out: PathBuf,
-    /// Vocabulary size: 256 byte tokens + merges + 1 end-of-text (257..=65536).
+    /// Vocabulary size of the tokenizer to train: 256 byte tokens + merges + 1 end-of-text (257..=65536).
+    #[arg(long, required_unless_present_any = ["tokenizer", "from_checkpoint"], conflicts_with_all = ["tokenizer", "from_checkpoint"])]
+    vocab: Option<usize>,
+    /// Encode with this tokenizer file (a `tokenizer.bpe`) instead of training one.
+    #[arg(long, conflicts_with = "from_checkpoint")]
+    tokenizer: Option<PathBuf>,
+    /// Encode with the tokenizer stored in this checkpoint instead of training one.
     #[arg(long)]
-    vocab: usize,
+    from_checkpoint: Option<PathBuf>,
     /// Held-out files, encoded into valid_*.bin.
     #[arg(long, num_args = 1.., conflicts_with = "valid_docs")]
     valid: Vec<PathBuf>,
     /// Hold out the last N documents of the input instead of reading --valid files.
     #[arg(long)]
     valid_docs: Option<usize>,
+    /// The JSON field holding a document's text.
+    #[arg(long, default_value = "text")]
+    field: String,
     /// Count malformed lines and go on, instead of stopping at the first one.
     #[arg(long)]
     skip_bad_lines: bool,
@@ -53,13 +68,20 @@ impl PrepareArgs {
         PrepareArgs {
             input,
             out,
-            vocab,
+            vocab: Some(vocab),
+            tokenizer: None,
+            from_checkpoint: None,
             valid,
             valid_docs: None,
+            field: "text".into(),
             skip_bad_lines: false,
             train_sample_bytes: 256 << 20,
             shard_tokens: 100_000_000,
         }
+    }
+
+    fn reader(&self, files: &[PathBuf]) -> Result<DocumentReader, DataError> {
+        Ok(DocumentReader::open(files, self.skip_bad_lines)?.with_field(&self.field))
     }
 }
 
@@ -67,29 +89,58 @@ impl PrepareArgs {
 const BATCH_BYTES: usize = 8 << 20;
 
 pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
-    if args.valid.is_empty() && args.valid_docs.is_none() {
-        return Err("give held-out data: --valid <files> or --valid-docs <N>".into());
-    }
-    if !(MIN_VOCAB..=MAX_VOCAB).contains(&args.vocab) {
-        return Err(format!(
-            "--vocab {} is not in {MIN_VOCAB}..={MAX_VOCAB} (256 bytes + merges + end-of-text)",
-            args.vocab
-        )
-        .into());
-    }
-    if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as u64 {
-        return Err(format!("--shard-tokens {} is not in 1..={}", args.shard_tokens, i32::MAX).into());
-    }
+    check_args(args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| DataError::io(args.out.display(), e))?;
     let started = Instant::now();
     let hold_back = args.valid_docs.unwrap_or(0);
-    let threads = rayon::current_num_threads();
+    let tokenizer = match (&args.tokenizer, &args.from_checkpoint) {
+        (Some(path), _) => tokenizer_file::load(path)?,
+        (None, Some(checkpoint)) => peerlm::train::load_model_and_tokenizer(checkpoint)?.2,
+        (None, None) => train_tokenizer(args, hold_back)?,
+    };
+    let tokenizer_path = args.out.join("tokenizer.bpe");
+    tokenizer_file::save(&tokenizer, &tokenizer_path)?;
+    let id = TokenizerId::of(&tokenizer, tokenizer_path.display().to_string());
 
+    let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
+    if !args.input.is_empty() {
+        let (train_stats, skipped) = encode_input(args, &tokenizer, &id, &mut held)?;
+        train_stats.print("train");
+        print_skipped(args, "the input", skipped);
+    }
+    if !args.valid.is_empty() || args.valid_docs.is_some() {
+        let (valid_stats, skipped) = encode_held_out(args, &tokenizer, &id, held)?;
+        valid_stats.print("valid");
+        print_skipped(args, "--valid files", skipped);
+    }
+    let threads = rayon::current_num_threads();
+    println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
+    Ok(())
+}
+
+fn check_args(args: &PrepareArgs) -> Result<(), String> {
+    let given_tokenizer = args.tokenizer.is_some() || args.from_checkpoint.is_some();
+    if !given_tokenizer && args.valid.is_empty() && args.valid_docs.is_none() {
+        return Err("give held-out data: --valid <files> or --valid-docs <N>".into());
+    }
+    if args.input.is_empty() && (args.valid.is_empty() || args.valid_docs.is_some()) {
+        return Err("nothing to encode: give --input files, or --valid files".into());
+    }
+    if let Some(vocab) = args.vocab.filter(|v| !(MIN_VOCAB..=MAX_VOCAB).contains(v)) {
+        return Err(format!("--vocab {vocab} is not in {MIN_VOCAB}..={MAX_VOCAB} (256 bytes + merges + end-of-text)"));
+    }
+    if args.shard_tokens == 0 || args.shard_tokens > i32::MAX as u64 {
+        return Err(format!("--shard-tokens {} is not in 1..={}", args.shard_tokens, i32::MAX));
+    }
+    Ok(())
+}
+
+/// Pass 1: a tokenizer of `--vocab` tokens trained on the first documents of the input.
+fn train_tokenizer(args: &PrepareArgs, hold_back: usize) -> Result<Tokenizer, Box<dyn Error>> {
+    let vocab = args.vocab.ok_or("--vocab: the size of the tokenizer to train")?;
     let (sample, sample_bytes) = read_tokenizer_sample(args, hold_back)?;
     let training = Instant::now();
-    let tokenizer = Tokenizer::train(&sample, args.vocab)?;
-    drop(sample);
-    tokenizer_file::save(&tokenizer, &args.out.join("tokenizer.bpe"))?;
+    let tokenizer = Tokenizer::train(&sample, vocab)?;
     println!(
         "tokenizer: vocab {} = 256 bytes + {} merges + <|endoftext|> (id {}), trained on {:.1} MB in {:.1} s{}",
         tokenizer.vocab_size(),
@@ -97,12 +148,22 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
         tokenizer.end_of_text(),
         sample_bytes as f64 / 1e6,
         training.elapsed().as_secs_f64(),
-        if tokenizer.vocab_size() < args.vocab { " (the sample ran out of pairs to merge)" } else { "" }
+        if tokenizer.vocab_size() < vocab { " (the sample ran out of pairs to merge)" } else { "" }
     );
+    Ok(tokenizer)
+}
 
-    let mut train = ShardSet::new(&args.out, "train", tokenizer.vocab_size() as u32, args.shard_tokens);
-    let mut reader = DocumentReader::open(&args.input, args.skip_bad_lines)?;
-    let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
+/// Pass 2: the input into train shards, keeping its last `--valid-docs` documents back in `held`; returns
+/// the counts and the bad lines skipped.
+fn encode_input(
+    args: &PrepareArgs,
+    tokenizer: &Tokenizer,
+    id: &TokenizerId,
+    held: &mut VecDeque<String>,
+) -> Result<(Stats, u64), Box<dyn Error>> {
+    let hold_back = args.valid_docs.unwrap_or(0);
+    let mut train = ShardSet::new(&args.out, "train", id, args.shard_tokens);
+    let mut reader = args.reader(&args.input)?;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut progress = Progress::new("encoding train");
@@ -113,16 +174,15 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
             batch_bytes += text.len();
             batch.push(text);
             if batch_bytes >= BATCH_BYTES {
-                train.add_documents(&tokenizer, &batch)?;
+                train.add_documents(tokenizer, &batch)?;
                 progress.show(train.stats.documents, train.stats.bytes);
                 batch.clear();
                 batch_bytes = 0;
             }
         }
     }
-    train.add_documents(&tokenizer, &batch)?;
+    train.add_documents(tokenizer, &batch)?;
     progress.done();
-    let train_skipped = reader.skipped_lines();
     if train.stats.documents == 0 {
         return Err(format!(
             "no training documents left (the input has {} and --valid-docs holds back {hold_back})",
@@ -130,39 +190,44 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
         )
         .into());
     }
-    let train_stats = train.finish()?;
+    Ok((train.finish()?, reader.skipped_lines()))
+}
 
-    let mut valid = ShardSet::new(&args.out, "valid", tokenizer.vocab_size() as u32, args.shard_tokens);
-    let mut valid_skipped = 0;
+/// The held-out documents (`held`, or the `--valid` files) into valid shards; returns the counts and the
+/// bad lines skipped.
+fn encode_held_out(
+    args: &PrepareArgs,
+    tokenizer: &Tokenizer,
+    id: &TokenizerId,
+    mut held: VecDeque<String>,
+) -> Result<(Stats, u64), Box<dyn Error>> {
+    let mut valid = ShardSet::new(&args.out, "valid", id, args.shard_tokens);
     if args.valid.is_empty() {
-        valid.add_documents(&tokenizer, held.make_contiguous())?;
-    } else {
-        let mut reader = DocumentReader::open(&args.valid, args.skip_bad_lines)?;
-        let mut batch = Vec::new();
-        for document in reader.by_ref() {
-            batch.push(document?.text);
-            if batch.len() >= 4096 {
-                valid.add_documents(&tokenizer, &batch)?;
-                batch.clear();
-            }
+        valid.add_documents(tokenizer, held.make_contiguous())?;
+        return Ok((valid.finish()?, 0));
+    }
+    let mut reader = args.reader(&args.valid)?;
+    let mut batch = Vec::new();
+    for document in reader.by_ref() {
+        batch.push(document?.text);
+        if batch.len() >= 4096 {
+            valid.add_documents(tokenizer, &batch)?;
+            batch.clear();
         }
-        valid.add_documents(&tokenizer, &batch)?;
-        valid_skipped = reader.skipped_lines();
     }
-    let valid_stats = valid.finish()?;
+    valid.add_documents(tokenizer, &batch)?;
+    Ok((valid.finish()?, reader.skipped_lines()))
+}
 
-    train_stats.print("train");
-    valid_stats.print("valid");
+fn print_skipped(args: &PrepareArgs, source: &str, skipped: u64) {
     if args.skip_bad_lines {
-        println!("skipped bad lines: {train_skipped} in the input, {valid_skipped} in --valid files");
+        println!("skipped bad lines: {skipped} in {source}");
     }
-    println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
-    Ok(())
 }
 
 /// Pass 1: the texts of the first documents (minus the held-out tail) up to the sample size.
 fn read_tokenizer_sample(args: &PrepareArgs, hold_back: usize) -> Result<(Vec<String>, u64), DataError> {
-    let mut reader = DocumentReader::open(&args.input, args.skip_bad_lines)?;
+    let mut reader = args.reader(&args.input)?;
     let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
     let mut sample = Vec::new();
     let mut sample_bytes = 0u64;
@@ -211,15 +276,16 @@ impl Stats {
 struct ShardSet {
     dir: PathBuf,
     split: &'static str,
-    vocab_size: u32,
+    tokenizer: TokenizerId,
     shard_tokens: u64,
     current: Option<ShardWriter>,
     stats: Stats,
 }
 
 impl ShardSet {
-    fn new(dir: &Path, split: &'static str, vocab_size: u32, shard_tokens: u64) -> Self {
-        ShardSet { dir: dir.to_path_buf(), split, vocab_size, shard_tokens, current: None, stats: Stats::default() }
+    fn new(dir: &Path, split: &'static str, tokenizer: &TokenizerId, shard_tokens: u64) -> Self {
+        let tokenizer = tokenizer.clone();
+        ShardSet { dir: dir.to_path_buf(), split, tokenizer, shard_tokens, current: None, stats: Stats::default() }
     }
 
     fn add_documents(&mut self, tokenizer: &Tokenizer, documents: &[String]) -> Result<(), DataError> {
@@ -247,7 +313,7 @@ impl ShardSet {
 
     fn new_shard(&mut self) -> Result<ShardWriter, DataError> {
         let path = self.dir.join(format!("{}_{:03}.bin", self.split, self.stats.shards.len()));
-        let writer = ShardWriter::create(&path, self.vocab_size)?;
+        let writer = ShardWriter::create_for(&path, &self.tokenizer)?;
         self.stats.shards.push(path);
         Ok(writer)
     }

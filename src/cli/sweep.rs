@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use peerlm::data::{tokenizer_file, TokenDataset};
+use peerlm::data::{tokenizer_file, DocumentReader, TokenDataset};
 use peerlm::sweep::{self, PlannedRun, RunState, SweepData, SweepSpec};
 
 use super::{prepare, shard_paths};
@@ -53,6 +53,11 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
     };
     let tokenizer = tokenizer_file::load(&data_dir.join("tokenizer.bpe"))?;
     let tokenizer_text = tokenizer_file::to_text(&tokenizer);
+    let eval_sets = spec
+        .eval
+        .iter()
+        .map(|set| Ok((set.clone(), read_documents(&set.path)?)))
+        .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
     let mut done_flops = 0.0;
     let total_flops: f64 = runs.iter().map(PlannedRun::train_flops).sum();
     let started = Instant::now();
@@ -82,13 +87,20 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
             if finished { " (finished)" } else { "" },
             eta.map_or(String::new(), |s| format!("; whole sweep ETA {}", hours_minutes(s)))
         );
-        let data = SweepData { train: &train, valid: &valid, tokenizer: &tokenizer, tokenizer_text: &tokenizer_text };
+        let data = SweepData {
+            train: &train,
+            valid: &valid,
+            tokenizer: &tokenizer,
+            tokenizer_text: &tokenizer_text,
+            eval_sets: &eval_sets,
+        };
         let summary = sweep::execute(run, &out, &data, true)?;
         if !finished {
             done_flops += run.train_flops();
         }
-        let c4 = &summary.eval["c4"];
-        eprintln!("  {}: C4 validation perplexity {:.2} ({} tokens)", run.id(), c4.perplexity, c4.tokens);
+        for (name, score) in &summary.eval {
+            eprintln!("  {}: {name} perplexity {:.2} ({} tokens)", run.id(), score.perplexity, score.tokens);
+        }
         if let Some(dir) = &args.summaries {
             let path = dir.join(&run.grid).join(format!("{}.json", run.name));
             std::fs::create_dir_all(path.parent().expect("has a grid directory"))?;
@@ -96,6 +108,12 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
         }
     }
     Ok(())
+}
+
+/// The documents of a held-out file (C4-style JSON lines, or one plain text document).
+fn read_documents(path: &Path) -> Result<Vec<String>, Box<dyn Error>> {
+    let reader = DocumentReader::open(&[path.to_path_buf()], false)?;
+    Ok(reader.map(|document| document.map(|d| d.text)).collect::<Result<_, _>>()?)
 }
 
 /// The runs named by `wanted` (all when empty); an unknown name is an error listing none of the others.

@@ -7,11 +7,11 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use peerlm::data::{tokenizer_file, TokenDataset};
+use peerlm::data::{fnv, tokenizer_file, Tokenizer, TokenizerId};
 use peerlm::model::flops;
 use peerlm::train::{self, RunConfig, RunOptions, Trainer};
 
-use super::{prepare, print_sample, shard_paths};
+use super::{open_shards, prepare, print_sample};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -52,32 +52,35 @@ pub fn run(args: &TrainArgs) -> Result<(), Box<dyn Error>> {
         config.train.steps = train::steps_for_flops(&config, budget);
     }
     let data_dir = prepared_data(&args.data, &out, config.model.vocab_size)?;
-    let tokenizer = tokenizer_file::load(&data_dir.join("tokenizer.bpe"))?;
-    if tokenizer.vocab_size() != config.model.vocab_size {
-        return Err(format!(
-            "{}: the tokenizer has {} tokens but model.vocab_size is {}",
-            data_dir.display(),
-            tokenizer.vocab_size(),
-            config.model.vocab_size
-        )
-        .into());
-    }
-    let seq_len = config.model.seq_len;
-    let train_data = TokenDataset::open(&shard_paths(&data_dir, "train")?, seq_len)?;
-    let valid_data = TokenDataset::open(&shard_paths(&data_dir, "valid")?, seq_len)?;
-
+    let tokenizer_path = data_dir.join("tokenizer.bpe");
+    let tokenizer = tokenizer_file::load(&tokenizer_path)?;
     let checkpoint_path = out.join("checkpoint.safetensors");
     let mut trainer = if args.resume {
-        let mut trainer = Trainer::from_checkpoint(peerlm::checkpoint::Checkpoint::load(&checkpoint_path)?)?;
+        let mut trainer = Trainer::from_checkpoint(peerlm::checkpoint::Checkpoint::load(&checkpoint_path)?)
+            .map_err(|e| format!("{}: {e}", checkpoint_path.display()))?;
         if args.steps.is_some() || args.flops.is_some() {
             trainer.set_steps(config.train.steps)?;
         }
+        check_same_tokenizer(&trainer, &checkpoint_path, &tokenizer, &tokenizer_path)?;
         eprintln!("resuming {} at step {}", checkpoint_path.display(), trainer.step_count());
         trainer
     } else {
         Trainer::new(config.clone())?
     };
+    if tokenizer.vocab_size() != trainer.config.model.vocab_size {
+        return Err(format!(
+            "{}: the tokenizer has {} tokens but model.vocab_size is {}",
+            tokenizer_path.display(),
+            tokenizer.vocab_size(),
+            trainer.config.model.vocab_size
+        )
+        .into());
+    }
     trainer.set_tokenizer(tokenizer_file::to_text(&tokenizer));
+    let seq_len = trainer.config.model.seq_len;
+    let id = TokenizerId::of(&tokenizer, tokenizer_path.display().to_string());
+    let train_data = open_shards(&data_dir, "train", seq_len, &id)?;
+    let valid_data = open_shards(&data_dir, "valid", seq_len, &id)?;
     let per_token = flops::train_flops_per_token(&trainer.config.model);
     let tokens_per_step = trainer.config.train.batch_size * seq_len;
     eprintln!(
@@ -110,6 +113,27 @@ pub fn run(args: &TrainArgs) -> Result<(), Box<dyn Error>> {
     println!("checkpoint: {}", summary.checkpoint.display());
     if !args.sample_prompt.is_empty() {
         print_sample(&mut trainer.model, &tokenizer, &args.sample_prompt, 80, 0.8, Some(40), 0)?;
+    }
+    Ok(())
+}
+
+/// A resumed run goes on with the tokenizer it was trained with: the data's must be the same one.
+fn check_same_tokenizer(
+    trainer: &Trainer,
+    checkpoint: &Path,
+    tokenizer: &Tokenizer,
+    tokenizer_path: &Path,
+) -> Result<(), Box<dyn Error>> {
+    let Some(text) = trainer.tokenizer() else { return Ok(()) };
+    let (ours, theirs) = (fnv::hash(text.as_bytes()), tokenizer_file::hash(tokenizer));
+    if ours != theirs {
+        return Err(format!(
+            "{} was trained with tokenizer {ours:016x}, but the data's {} is tokenizer {theirs:016x}: \
+             resume on data encoded with the checkpoint's tokenizer (`peerlm prepare --from-checkpoint`)",
+            checkpoint.display(),
+            tokenizer_path.display()
+        )
+        .into());
     }
     Ok(())
 }

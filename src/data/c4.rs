@@ -5,6 +5,9 @@
 //! matters here; other fields are ignored. Files are streamed line by line, so memory holds one line at a
 //! time however large the file is. [`JsonLines`] reads one stream (any `BufRead`, which is what the fuzzer
 //! drives); [`DocumentReader`] chains it over many files. The documents go on to [`super::bpe`].
+//!
+//! Other JSON-lines corpora keep their text under another key ([`JsonLines::with_field`]); a plain text
+//! file (`*.txt`, `*.raw`, such as WikiText's `wiki.valid.raw` or a book) is one document, read whole.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -31,6 +34,8 @@ struct Line {
 pub struct JsonLines<R> {
     reader: R,
     name: String,
+    /// The key holding the text: `text` (C4's), unless set by [`JsonLines::with_field`].
+    field: String,
     line_number: u64,
     skip_bad_lines: bool,
     skipped: u64,
@@ -55,12 +60,19 @@ impl<R: BufRead> JsonLines<R> {
         JsonLines {
             reader,
             name: name.into(),
+            field: "text".into(),
             line_number: 0,
             skip_bad_lines,
             skipped: 0,
             line: Vec::new(),
             finished: false,
         }
+    }
+
+    /// Read the text from `field` instead of `text`.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = field.to_string();
+        self
     }
 
     /// How many bad lines were skipped so far (always 0 without `skip_bad_lines`).
@@ -83,9 +95,19 @@ impl<R: BufRead> JsonLines<R> {
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| self.bad_line(format!("invalid UTF-8 at byte offset {} of the line", e.valid_up_to())))?;
-        let line: Line = serde_json::from_str(text)
-            .map_err(|e| self.bad_line(format!("not a JSON object with a string \"text\" field: {e}")))?;
-        Ok(Some(Document { text: line.text }))
+        let bad = |e: &dyn std::fmt::Display| {
+            self.bad_line(format!("not a JSON object with a string {:?} field: {e}", self.field))
+        };
+        if self.field == "text" {
+            let line: Line = serde_json::from_str(text).map_err(|e| bad(&e))?;
+            return Ok(Some(Document { text: line.text }));
+        }
+        let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| bad(&e))?;
+        match object.remove(&self.field) {
+            Some(serde_json::Value::String(text)) => Ok(Some(Document { text })),
+            Some(_) => Err(bad(&"the field is not a string")),
+            None => Err(bad(&"no such field")),
+        }
     }
 }
 
@@ -127,6 +149,20 @@ fn is_c4_file(path: &Path) -> bool {
     name.ends_with(".json.gz") || name.ends_with(".jsonl.gz") || name.ends_with(".json") || name.ends_with(".jsonl")
 }
 
+/// Is this a plain text file, read as one document?
+pub fn is_plain_text(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "txt" || ext == "raw")
+}
+
+/// The whole of a plain text file as one document; invalid UTF-8 is an error naming its byte offset.
+fn read_plain_text(path: &Path) -> Result<Document> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path.display(), e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        DataError::Invalid(format!("{}: invalid UTF-8 at byte offset {}", path.display(), e.utf8_error().valid_up_to()))
+    })?;
+    Ok(Document { text })
+}
+
 /// Expand the inputs: a file stays itself; a directory becomes its C4 files (`*.json.gz`, `*.jsonl.gz`,
 /// `*.json`, `*.jsonl`, not recursive) sorted by name, so that the order, and everything trained from it,
 /// does not depend on the filesystem.
@@ -158,11 +194,15 @@ pub fn list_input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The documents of many files, one after another; gzip is chosen by the `.gz` extension.
+/// The documents of many files, one after another; gzip is chosen by the `.gz` extension, and a `.txt` or
+/// `.raw` file is one plain text document.
 pub struct DocumentReader {
     files: Vec<PathBuf>,
     next_file: usize,
     current: Option<JsonLines<Box<dyn BufRead>>>,
+    /// The document of a plain text file, until it is handed out.
+    plain: Option<Document>,
+    field: String,
     skip_bad_lines: bool,
     skipped_before_current: u64,
 }
@@ -174,7 +214,21 @@ impl DocumentReader {
         if files.is_empty() {
             return Err(DataError::Invalid("no input files".into()));
         }
-        Ok(DocumentReader { files, next_file: 0, current: None, skip_bad_lines, skipped_before_current: 0 })
+        Ok(DocumentReader {
+            files,
+            next_file: 0,
+            current: None,
+            plain: None,
+            field: "text".into(),
+            skip_bad_lines,
+            skipped_before_current: 0,
+        })
+    }
+
+    /// Read the text of JSON lines from `field` instead of `text`.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = field.to_string();
+        self
     }
 
     /// The files this reader goes through, in order.
@@ -193,9 +247,14 @@ impl DocumentReader {
         }
         let path = &self.files[self.next_file];
         self.next_file += 1;
+        if is_plain_text(path) {
+            self.plain = Some(read_plain_text(path)?);
+            return Ok(());
+        }
         let file = File::open(path).map_err(|e| DataError::io(path.display(), e))?;
         let gzip = path.extension().is_some_and(|ext| ext == "gz");
-        self.current = Some(JsonLines::new(open_stream(file, gzip), path.display().to_string(), self.skip_bad_lines));
+        let lines = JsonLines::new(open_stream(file, gzip), path.display().to_string(), self.skip_bad_lines);
+        self.current = Some(lines.with_field(&self.field));
         Ok(())
     }
 }
@@ -205,6 +264,9 @@ impl Iterator for DocumentReader {
 
     fn next(&mut self) -> Option<Result<Document>> {
         loop {
+            if let Some(document) = self.plain.take() {
+                return Some(Ok(document));
+            }
             if let Some(item) = self.current.as_mut().and_then(Iterator::next) {
                 return Some(item);
             }

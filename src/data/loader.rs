@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use super::error::{DataError, Result};
 use super::shard::Shard;
+use super::tokenizer_file::TokenizerId;
 use crate::rng::Rng;
 
 /// `batch_size` windows of `seq_len` inputs and `seq_len` targets, row-major (`[batch_size, seq_len]`).
@@ -53,6 +54,12 @@ impl TokenDataset {
     /// Open (and validate) the shards; they must share a vocab size and hold at least one window in total.
     pub fn open(paths: &[PathBuf], seq_len: usize) -> Result<Self> {
         let shards = paths.iter().map(|path| Shard::open(path)).collect::<Result<Vec<_>>>()?;
+        Self::from_shards(shards, seq_len)
+    }
+
+    /// Open (and validate) the shards, refusing any that `tokenizer` did not write (see [`Shard::open_for`]).
+    pub fn open_for(paths: &[PathBuf], seq_len: usize, tokenizer: &TokenizerId) -> Result<Self> {
+        let shards = paths.iter().map(|path| Shard::open_for(path, tokenizer)).collect::<Result<Vec<_>>>()?;
         Self::from_shards(shards, seq_len)
     }
 
@@ -96,6 +103,11 @@ impl TokenDataset {
 
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// What could not be checked when the shards were opened, one line each ([`Shard::warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.warnings().iter().cloned()).collect()
     }
 
     /// Total tokens over all shards.

@@ -1,22 +1,30 @@
-//! Token shards in llm.c's `.bin` format, with peerlm's vocab size and checksum in two unused header slots.
+//! Token shards in llm.c's `.bin` formats, with peerlm's vocab size, checksum and tokenizer hash in header
+//! slots llm.c leaves at zero.
 //!
 //! A shard is a header of 256 little-endian `i32`s (1024 bytes) followed by the tokens, little-endian:
 //!
 //! | slot | meaning |
 //! |---|---|
-//! | 0 | magic 20240520 (llm.c) |
-//! | 1 | version: 1 = `u16` tokens, 2 = `u32` tokens (llm.c's second format, used when vocab > 65,536) |
+//! | 0, 1 | magic and version: 20240520 and 1 = `u16` tokens (llm.c's GPT-2 format), 20240801 and 7 = `u32` tokens (llm.c's Llama 3 format); 20240520 and 2 = `u32` tokens is read too (peerlm's own `u32` format before it wrote llm.c's) |
 //! | 2 | token count (llm.c stores it as an `i32`, so at most 2^31 - 1 tokens per shard) |
 //! | 3 | peerlm: vocabulary size (every token is below it) |
 //! | 4, 5 | peerlm: FNV-1a 64-bit hash of the token bytes as stored, low 32 bits then high 32 bits |
-//! | 6..256 | zero |
+//! | 6, 7 | peerlm: the tokenizer's identity hash ([`super::tokenizer_file::hash`]), low then high 32 bits |
+//! | 8..256 | zero |
+//!
+//! llm.c's `write_datafile` (`dev/data/data_common.py`) fills slots 0-2 only, and its loaders
+//! (`llmc/dataloader.h`, `train_llama3.py`) read only those, so each reads the other's shards. A plain
+//! llm.c shard (slots 3..256 zero) has no vocabulary size, checksum or tokenizer hash: it opens only
+//! against a tokenizer ([`Shard::open_for`]), whose vocabulary bounds the tokens, with a warning. A peerlm
+//! shard written before the tokenizer hash existed (slots 6 and 7 zero) opens with a warning too.
 //!
 //! [`Shard::open`] validates everything when the shard is opened, before any training step reads it: the
-//! magic, the version, that slots 6.. are zero, the file length against the token count, that every token is
-//! below the vocab size, and the checksum. The scan reads the file with ordinary buffered reads (not through
-//! the memory map) so the validated pages are not left mapped into the process. [`validate_bytes`] does the
-//! same checks on bytes in memory (the fuzzer's entry point). [`ShardWriter`] writes through
-//! [`super::atomic_file`]: a shard is either absent or complete. Shards are read by [`super::loader`].
+//! magic, the version, the reserved slots, the file length against the token count, that every token is
+//! below the vocab size, and the checksum; [`Shard::open_for`] also checks the tokenizer. The scan reads the
+//! file with ordinary buffered reads (not through the memory map) so the validated pages are not left
+//! mapped into the process. [`validate_bytes`] does the same checks on bytes in memory (the fuzzer's entry
+//! point). [`ShardWriter`] writes through [`super::atomic_file`]: a shard is either absent or complete.
+//! Shards are read by [`super::loader`].
 
 use std::fs::File;
 use std::io::Read;
@@ -26,49 +34,43 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use super::atomic_file::AtomicFile;
 use super::error::{DataError, Result};
+use super::fnv::{self, Fnv1a};
+use super::tokenizer_file::TokenizerId;
 
+/// llm.c's magic number of `u16` shards (version 1), and of peerlm's earlier `u32` shards (version 2).
 pub const MAGIC: i32 = 20_240_520;
+/// llm.c's magic number of `u32` shards (version 7).
+pub const MAGIC_U32: i32 = 20_240_801;
 pub const HEADER_BYTES: usize = 256 * 4;
 /// Largest vocabulary that fits version 1 (`u16` tokens: ids 0..=65,535).
 pub const MAX_U16_VOCAB: u32 = 65_536;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a, 64-bit, fed incrementally.
-#[derive(Clone, Copy)]
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Fnv1a(FNV_OFFSET)
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ byte as u64).wrapping_mul(FNV_PRIME);
-        }
-    }
-}
-
 /// The checksum stored in header slots 4 and 5: FNV-1a 64 of the token bytes as stored.
 pub fn checksum(token_bytes: &[u8]) -> u64 {
-    let mut hash = Fnv1a::new();
-    hash.update(token_bytes);
-    hash.0
+    fnv::hash(token_bytes)
 }
 
 /// The decoded header of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardHeader {
+    /// 1 (`u16` tokens), 7 (`u32`, llm.c) or 2 (`u32`, peerlm's earlier format); the magic follows from it.
     pub version: u32,
     pub token_count: u64,
+    /// peerlm's fields: `None` in a plain llm.c shard.
+    pub vocab: Option<VocabAndChecksum>,
+    /// The tokenizer's identity hash: `None` in llm.c shards and in peerlm's before it was recorded.
+    pub tokenizer_hash: Option<u64>,
+}
+
+/// Header slots 3-5, which peerlm always writes together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VocabAndChecksum {
     pub vocab_size: u32,
     pub checksum: u64,
 }
 
 impl ShardHeader {
-    /// Bytes per token: 2 for version 1, 4 for version 2.
+    /// Bytes per token: 2 for version 1, 4 otherwise.
     pub fn token_width(&self) -> usize {
         if self.version == 1 {
             2
@@ -84,12 +86,16 @@ impl ShardHeader {
 
     pub fn to_bytes(&self) -> [u8; HEADER_BYTES] {
         let mut slots = [0i32; 256];
-        slots[0] = MAGIC;
+        slots[0] = if self.version == 7 { MAGIC_U32 } else { MAGIC };
         slots[1] = self.version as i32;
         slots[2] = self.token_count as i32;
-        slots[3] = self.vocab_size as i32;
-        slots[4] = self.checksum as u32 as i32;
-        slots[5] = (self.checksum >> 32) as u32 as i32;
+        if let Some(vocab) = self.vocab {
+            slots[3] = vocab.vocab_size as i32;
+            (slots[4], slots[5]) = split(vocab.checksum);
+        }
+        if let Some(hash) = self.tokenizer_hash {
+            (slots[6], slots[7]) = split(hash);
+        }
         let mut bytes = [0u8; HEADER_BYTES];
         for (chunk, slot) in bytes.chunks_exact_mut(4).zip(slots) {
             chunk.copy_from_slice(&slot.to_le_bytes());
@@ -103,59 +109,89 @@ impl ShardHeader {
             return Err(DataError::shard(name, format!("{} bytes, shorter than the 1024-byte header", bytes.len())));
         }
         let slot = |i: usize| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-        if slot(0) != MAGIC {
-            return Err(DataError::shard(
-                name,
-                format!("magic number {} is not {MAGIC} (not an llm.c token file)", slot(0)),
-            ));
-        }
-        let version = slot(1);
-        if version != 1 && version != 2 {
-            return Err(DataError::shard(name, format!("version {version} is not 1 (u16 tokens) or 2 (u32 tokens)")));
-        }
-        let (token_count, vocab_size) = (slot(2), slot(3));
+        let version = parse_version(slot(0), slot(1), name)?;
+        let token_count = slot(2);
         if token_count < 0 {
             return Err(DataError::shard(name, format!("negative token count {token_count}")));
         }
-        if vocab_size <= 0 || (version == 1 && vocab_size as u32 > MAX_U16_VOCAB) {
+        let vocab = parse_vocab(version, slot(3), join(slot(4), slot(5)), name)?;
+        let tokenizer_hash = Some(join(slot(6), slot(7))).filter(|&hash| hash != 0);
+        if vocab.is_none() && tokenizer_hash.is_some() {
+            return Err(DataError::shard(name, "a tokenizer hash (header slots 6-7) without a vocab size (slot 3)"));
+        }
+        if let Some(slot_index) = (8..256).find(|&i| slot(i) != 0) {
             return Err(DataError::shard(
                 name,
-                format!("vocab size {vocab_size} (header slot 3) is not in 1..={MAX_U16_VOCAB} for version 1 or positive for version 2"),
+                format!("header slot {slot_index} is {} (slots 8..256 must be 0)", slot(slot_index)),
             ));
         }
-        if let Some(slot_index) = (6..256).find(|&i| slot(i) != 0) {
-            return Err(DataError::shard(
-                name,
-                format!("header slot {slot_index} is {} (slots 6..256 must be 0)", slot(slot_index)),
-            ));
-        }
-        let checksum = slot(4) as u32 as u64 | (slot(5) as u32 as u64) << 32;
-        Ok(ShardHeader {
-            version: version as u32,
-            token_count: token_count as u64,
-            vocab_size: vocab_size as u32,
-            checksum,
-        })
+        Ok(ShardHeader { version, token_count: token_count as u64, vocab, tokenizer_hash })
     }
 }
 
-/// Running checks over a shard's token bytes: every token below vocab, and the checksum.
+/// The version of a known magic and version pair.
+fn parse_version(magic: i32, version: i32, name: &str) -> Result<u32> {
+    match (magic, version) {
+        (MAGIC, 1 | 2) | (MAGIC_U32, 7) => Ok(version as u32),
+        (MAGIC | MAGIC_U32, _) => Err(DataError::shard(
+            name,
+            format!("version {version} of magic {magic} is not one of 1 or 2 (magic {MAGIC}) or 7 (magic {MAGIC_U32})"),
+        )),
+        _ => Err(DataError::shard(
+            name,
+            format!("magic number {magic} is not {MAGIC} or {MAGIC_U32} (not an llm.c token file)"),
+        )),
+    }
+}
+
+/// Slots 3-5: all zero in a plain llm.c shard, else a vocabulary size that fits the token width.
+fn parse_vocab(version: u32, vocab_size: i32, checksum: u64, name: &str) -> Result<Option<VocabAndChecksum>> {
+    if vocab_size == 0 && checksum == 0 {
+        return Ok(None);
+    }
+    if vocab_size <= 0 || (version == 1 && vocab_size as u32 > MAX_U16_VOCAB) {
+        return Err(DataError::shard(
+            name,
+            format!("vocab size {vocab_size} (header slot 3) is not in 1..={MAX_U16_VOCAB} for u16 tokens or positive for u32 tokens"),
+        ));
+    }
+    Ok(Some(VocabAndChecksum { vocab_size: vocab_size as u32, checksum }))
+}
+
+/// A 64-bit value as two `i32` header slots, low half first.
+fn split(value: u64) -> (i32, i32) {
+    (value as u32 as i32, (value >> 32) as u32 as i32)
+}
+
+fn join(low: i32, high: i32) -> u64 {
+    low as u32 as u64 | (high as u32 as u64) << 32
+}
+
+/// Running checks over a shard's token bytes: every token below the vocabulary, and the checksum if any.
 struct TokenScan {
-    header: ShardHeader,
+    width: usize,
+    vocab_size: u32,
+    checksum: Option<u64>,
     hash: Fnv1a,
     tokens_seen: u64,
 }
 
 impl TokenScan {
-    fn new(header: ShardHeader) -> Self {
-        TokenScan { header, hash: Fnv1a::new(), tokens_seen: 0 }
+    fn new(header: &ShardHeader, vocab_size: u32) -> Self {
+        TokenScan {
+            width: header.token_width(),
+            vocab_size,
+            checksum: header.vocab.map(|v| v.checksum),
+            hash: Fnv1a::default(),
+            tokens_seen: 0,
+        }
     }
 
     /// `bytes` holds whole tokens.
     fn update(&mut self, bytes: &[u8], name: &str) -> Result<()> {
         self.hash.update(bytes);
-        let width = self.header.token_width();
-        let out_of_range = bytes.chunks_exact(width).position(|token| decode_token(token) >= self.header.vocab_size);
+        let width = self.width;
+        let out_of_range = bytes.chunks_exact(width).position(|token| decode_token(token) >= self.vocab_size);
         if let Some(position) = out_of_range {
             let index = self.tokens_seen + position as u64;
             let token = decode_token(&bytes[position * width..(position + 1) * width]);
@@ -164,7 +200,7 @@ impl TokenScan {
                 format!(
                     "token {token} at index {index} (byte offset {}) is not below vocab size {}",
                     HEADER_BYTES as u64 + index * width as u64,
-                    self.header.vocab_size
+                    self.vocab_size
                 ),
             ));
         }
@@ -173,17 +209,60 @@ impl TokenScan {
     }
 
     fn finish(self, name: &str) -> Result<()> {
-        if self.hash.0 != self.header.checksum {
-            return Err(DataError::shard(
+        match self.checksum {
+            Some(expected) if expected != self.hash.value() => Err(DataError::shard(
                 name,
                 format!(
-                    "checksum mismatch: header says {:016x}, tokens hash to {:016x} (file corrupted)",
-                    self.header.checksum, self.hash.0
+                    "checksum mismatch: header says {expected:016x}, tokens hash to {:016x} (file corrupted)",
+                    self.hash.value()
                 ),
-            ));
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// The vocabulary that bounds a shard's tokens, checked against the tokenizer when one is given, and what
+/// could not be checked (warnings).
+fn check_tokenizer(header: &ShardHeader, tokenizer: Option<&TokenizerId>, name: &str) -> Result<(u32, Vec<String>)> {
+    let Some(tokenizer) = tokenizer else {
+        let vocab = header.vocab.ok_or_else(|| {
+            DataError::shard(
+                name,
+                "a plain llm.c shard (no vocab size in header slot 3) needs its tokenizer to be read",
+            )
+        })?;
+        return Ok((vocab.vocab_size, Vec::new()));
+    };
+    let Some(vocab) = header.vocab else {
+        let warning = format!(
+            "{name}: a plain llm.c shard, with no vocab size, checksum or tokenizer hash: only checked against the {} tokens of {}'s tokenizer",
+            tokenizer.vocab_size, tokenizer.source
+        );
+        return Ok((tokenizer.vocab_size, vec![warning]));
+    };
+    let mut warnings = Vec::new();
+    match header.tokenizer_hash {
+        Some(hash) if hash != tokenizer.hash => {
+            return Err(DataError::Invalid(format!(
+                "{name} was encoded by tokenizer {hash:016x} (header slots 6-7), but {} holds tokenizer {:016x}: \
+                 encode the text again with that tokenizer (`peerlm prepare --tokenizer` or `--from-checkpoint`)",
+                tokenizer.source, tokenizer.hash
+            )))
+        }
+        Some(_) => {}
+        None => warnings.push(format!(
+            "{name}: no tokenizer hash (written before peerlm recorded one): cannot check that {}'s tokenizer wrote it",
+            tokenizer.source
+        )),
+    }
+    if vocab.vocab_size != tokenizer.vocab_size {
+        return Err(DataError::Invalid(format!(
+            "{name} holds tokens of a {}-token vocabulary (header slot 3), but {}'s tokenizer has {} tokens",
+            vocab.vocab_size, tokenizer.source, tokenizer.vocab_size
+        )));
+    }
+    Ok((vocab.vocab_size, warnings))
 }
 
 /// A little-endian token of 2 or 4 bytes.
@@ -214,7 +293,8 @@ fn check_length(header: &ShardHeader, actual: u64, name: &str) -> Result<()> {
 pub fn validate_bytes(bytes: &[u8], name: &str) -> Result<ShardHeader> {
     let header = ShardHeader::parse(bytes, name)?;
     check_length(&header, bytes.len() as u64, name)?;
-    let mut scan = TokenScan::new(header);
+    let (vocab_size, _) = check_tokenizer(&header, None, name)?;
+    let mut scan = TokenScan::new(&header, vocab_size);
     scan.update(&bytes[HEADER_BYTES..], name)?;
     scan.finish(name)?;
     Ok(header)
@@ -224,12 +304,25 @@ pub fn validate_bytes(bytes: &[u8], name: &str) -> Result<ShardHeader> {
 pub struct Shard {
     path: PathBuf,
     header: ShardHeader,
+    vocab_size: u32,
+    warnings: Vec<String>,
     map: Mmap,
 }
 
 impl Shard {
-    /// Open and validate the shard at `path` (reads the whole file once; see the module comment).
+    /// Open and validate the shard at `path` (reads the whole file once; see the module comment). A plain
+    /// llm.c shard needs its tokenizer: see [`Shard::open_for`].
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_checked(path, None)
+    }
+
+    /// Open and validate the shard at `path`, and refuse it unless `tokenizer` wrote it (a shard that
+    /// cannot say, see the module comment, opens with a warning: [`Shard::warnings`]).
+    pub fn open_for(path: &Path, tokenizer: &TokenizerId) -> Result<Self> {
+        Self::open_checked(path, Some(tokenizer))
+    }
+
+    fn open_checked(path: &Path, tokenizer: Option<&TokenizerId>) -> Result<Self> {
         let name = path.display().to_string();
         let mut file = File::open(path).map_err(|e| DataError::io(&name, e))?;
         let actual_len = file.metadata().map_err(|e| DataError::io(&name, e))?.len();
@@ -237,8 +330,9 @@ impl Shard {
         file.read_exact(&mut header_bytes).map_err(|e| DataError::io(&name, e))?;
         let header = ShardHeader::parse(&header_bytes, &name)?;
         check_length(&header, actual_len, &name)?;
+        let (vocab_size, warnings) = check_tokenizer(&header, tokenizer, &name)?;
 
-        let mut scan = TokenScan::new(header);
+        let mut scan = TokenScan::new(&header, vocab_size);
         let mut buffer = vec![0u8; 1 << 20]; // a multiple of both token widths
         loop {
             let filled = read_full(&mut file, &mut buffer).map_err(|e| DataError::io(&name, e))?;
@@ -259,7 +353,12 @@ impl Shard {
         // 1 GiB from disk at 840 µs each; with it, 11 MiB at 70 µs). It does not stop a fault from mapping a
         // whole cached folio: see `release_pages`. An advice, so failure is harmless.
         let _ = map.advise(Advice::Random);
-        Ok(Shard { path: path.to_path_buf(), header, map })
+        Ok(Shard { path: path.to_path_buf(), header, vocab_size, warnings, map })
+    }
+
+    /// What could not be checked when the shard was opened (no checksum or tokenizer hash in its header).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn path(&self) -> &Path {
@@ -279,8 +378,9 @@ impl Shard {
         self.len() == 0
     }
 
+    /// The vocabulary bounding the tokens: the header's, or for a plain llm.c shard the tokenizer's.
     pub fn vocab_size(&self) -> u32 {
-        self.header.vocab_size
+        self.vocab_size
     }
 
     /// Unmap the shard's pages from this process (`MADV_DONTNEED`); they stay in the page cache, so reading
@@ -335,6 +435,7 @@ pub struct ShardWriter {
     file: AtomicFile,
     path: PathBuf,
     vocab_size: u32,
+    tokenizer_hash: Option<u64>,
     version: u32,
     token_count: u64,
     hash: Fnv1a,
@@ -342,21 +443,30 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// Start a shard at `path` for tokens below `vocab_size` (version 1 if it fits in 16 bits, else 2).
+    /// Start a shard at `path` for the tokens of `tokenizer`, whose hash goes into the header.
+    pub fn create_for(path: &Path, tokenizer: &TokenizerId) -> Result<Self> {
+        let mut writer = Self::create(path, tokenizer.vocab_size)?;
+        writer.tokenizer_hash = Some(tokenizer.hash);
+        Ok(writer)
+    }
+
+    /// Start a shard at `path` for tokens below `vocab_size`, with no tokenizer hash: version 1 (`u16`) if
+    /// they fit in 16 bits, else llm.c's `u32` format (version 7).
     pub fn create(path: &Path, vocab_size: u32) -> Result<Self> {
         if vocab_size == 0 || vocab_size > i32::MAX as u32 {
             return Err(DataError::Invalid(format!("{}: vocab size {vocab_size} cannot be stored", path.display())));
         }
         let mut file = AtomicFile::create(path)?;
         file.write_all(&[0u8; HEADER_BYTES])?;
-        let version = if vocab_size <= MAX_U16_VOCAB { 1 } else { 2 };
+        let version = if vocab_size <= MAX_U16_VOCAB { 1 } else { 7 };
         Ok(ShardWriter {
             file,
             path: path.to_path_buf(),
             vocab_size,
+            tokenizer_hash: None,
             version,
             token_count: 0,
-            hash: Fnv1a::new(),
+            hash: Fnv1a::default(),
             encoded: Vec::new(),
         })
     }
@@ -401,8 +511,8 @@ impl ShardWriter {
         let header = ShardHeader {
             version: self.version,
             token_count: self.token_count,
-            vocab_size: self.vocab_size,
-            checksum: self.hash.0,
+            vocab: Some(VocabAndChecksum { vocab_size: self.vocab_size, checksum: self.hash.value() }),
+            tokenizer_hash: self.tokenizer_hash,
         };
         self.file.write_at(0, &header.to_bytes())?;
         self.file.commit()?;
@@ -410,9 +520,16 @@ impl ShardWriter {
     }
 }
 
-/// Write `tokens` as one shard.
+/// Write `tokens` as one shard, with no tokenizer hash.
 pub fn write_shard(path: &Path, vocab_size: u32, tokens: &[u32]) -> Result<ShardHeader> {
     let mut writer = ShardWriter::create(path, vocab_size)?;
+    writer.write(tokens)?;
+    writer.finish()
+}
+
+/// Write `tokens` of `tokenizer` as one shard.
+pub fn write_shard_for(path: &Path, tokenizer: &TokenizerId, tokens: &[u32]) -> Result<ShardHeader> {
+    let mut writer = ShardWriter::create_for(path, tokenizer)?;
     writer.write(tokens)?;
     writer.finish()
 }
@@ -422,18 +539,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fnv1a_matches_reference_values() {
-        let mut hash = Fnv1a::new();
-        assert_eq!(hash.0, 0xcbf29ce484222325);
-        hash.update(b"a");
-        assert_eq!(hash.0, 0xaf63dc4c8601ec8c);
-    }
-
-    #[test]
     fn header_round_trips() {
-        let header = ShardHeader { version: 2, token_count: 0, vocab_size: 70_000, checksum: FNV_OFFSET };
-        let bytes = header.to_bytes();
-        assert_eq!(ShardHeader::parse(&bytes, "h").unwrap(), header);
-        assert_eq!(validate_bytes(&bytes, "h").unwrap(), header);
+        let vocab = Some(VocabAndChecksum { vocab_size: 70_000, checksum: checksum(&[]) });
+        for tokenizer_hash in [None, Some(u64::MAX - 5)] {
+            let header = ShardHeader { version: 7, token_count: 0, vocab, tokenizer_hash };
+            let bytes = header.to_bytes();
+            assert_eq!(ShardHeader::parse(&bytes, "h").unwrap(), header);
+            assert_eq!(validate_bytes(&bytes, "h").unwrap(), header);
+        }
     }
 }

@@ -14,12 +14,16 @@
 //! (0-based) creating token `256 + r`. The end-of-text token is the last id, `vocab - 1`. Loading checks
 //! every line: the header, that the counts agree, that each merge uses only ids defined before it and
 //! appears once, and that nothing follows the last merge. The encoder itself lives in [`super::bpe`].
+//!
+//! A tokenizer's identity is the FNV-1a 64 hash of this text ([`hash`]): shard headers and checkpoints
+//! record it, so that token ids are never read with a tokenizer other than the one that wrote them.
 
 use std::path::Path;
 
 use super::atomic_file::AtomicFile;
 use super::bpe::Tokenizer;
 use super::error::{DataError, Result};
+use super::fnv;
 use super::fxhash::FxHashSet;
 
 const MAGIC_LINE: &str = "peerlm-bpe v1";
@@ -31,6 +35,28 @@ pub fn to_text(tokenizer: &Tokenizer) -> String {
         text.push_str(&format!("{left} {right}\n"));
     }
     text
+}
+
+/// The identity hash of `tokenizer`: FNV-1a 64 of its file's text, so two tokenizers share it exactly
+/// when they have the same merges.
+pub fn hash(tokenizer: &Tokenizer) -> u64 {
+    fnv::hash(to_text(tokenizer).as_bytes())
+}
+
+/// What token ids must have been encoded with: a tokenizer's hash and vocabulary size, and the file it
+/// came from (named in error messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenizerId {
+    pub hash: u64,
+    pub vocab_size: u32,
+    pub source: String,
+}
+
+impl TokenizerId {
+    /// The identity of `tokenizer`, read from the file `source`.
+    pub fn of(tokenizer: &Tokenizer, source: impl Into<String>) -> Self {
+        TokenizerId { hash: hash(tokenizer), vocab_size: tokenizer.vocab_size() as u32, source: source.into() }
+    }
 }
 
 /// Write `tokenizer` to `path` (atomically: a temporary file renamed into place).
