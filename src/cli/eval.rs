@@ -22,10 +22,16 @@ pub struct EvalArgs {
     /// Batches per data set at most (0: all).
     #[arg(long, default_value_t = 0)]
     batches: usize,
+    /// Load the model even if its estimated memory exceeds what is available.
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), Box<dyn Error>> {
-    let (mut model, tokenizer) = load_model(&args.checkpoint)?;
+    if args.batch_size == 0 {
+        return Err("--batch-size 0: must be at least 1".into());
+    }
+    let (mut model, tokenizer) = load_model(&args.checkpoint, args.batch_size, args.no_memory_check)?;
     let seq_len = model.config().seq_len;
     let token_len = |id: u32| tokenizer.token_bytes(id).map_or(0, <[u8]>::len);
     for dir in &args.data {

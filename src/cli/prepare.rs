@@ -6,6 +6,10 @@
 //! `--valid` files or are the last `--valid-docs` documents of the input (kept back by a queue of that
 //! length, in both passes, so the tokenizer never sees them either). Memory holds the tokenizer sample,
 //! one batch and the held-out queue, never the whole input.
+//!
+//! `prepare` owns its output directory: it refuses one that already holds a prepared data set unless
+//! given `--overwrite`, and then removes the old shards it did not rewrite, which training would
+//! otherwise mix in.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use peerlm::data::atomic_file::sweep_stale_temps;
 use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
 use peerlm::data::c4::DocumentReader;
 use peerlm::data::shard::ShardWriter;
@@ -45,6 +50,9 @@ pub struct PrepareArgs {
     /// Tokens per shard at most; larger outputs are split into train_000.bin, train_001.bin, ...
     #[arg(long, default_value_t = 100_000_000)]
     shard_tokens: u64,
+    /// Replace the data set already in --out (its shards that are not rewritten are removed).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl PrepareArgs {
@@ -59,6 +67,7 @@ impl PrepareArgs {
             skip_bad_lines: false,
             train_sample_bytes: 256 << 20,
             shard_tokens: 100_000_000,
+            overwrite: false,
         }
     }
 }
@@ -81,6 +90,18 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
         return Err(format!("--shard-tokens {} is not in 1..={}", args.shard_tokens, i32::MAX).into());
     }
     std::fs::create_dir_all(&args.out).map_err(|e| DataError::io(args.out.display(), e))?;
+    for temp in sweep_stale_temps(&args.out)? {
+        eprintln!("removed {}, left by a writer that was killed", temp.display());
+    }
+    let old_outputs = prepared_outputs(&args.out)?;
+    if !old_outputs.is_empty() && !args.overwrite {
+        return Err(format!(
+            "{} already holds a prepared data set ({} files: tokenizer.bpe, shards); pass --overwrite to replace it",
+            args.out.display(),
+            old_outputs.len()
+        )
+        .into());
+    }
     let started = Instant::now();
     let hold_back = args.valid_docs.unwrap_or(0);
     let threads = rayon::current_num_threads();
@@ -153,11 +174,31 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
 
     train_stats.print("train");
     valid_stats.print("valid");
+    for stale in old_outputs.iter().filter(|p| !train_stats.shards.contains(p) && !valid_stats.shards.contains(p)) {
+        if stale.extension().is_some_and(|e| e == "bin") {
+            std::fs::remove_file(stale).map_err(|e| DataError::io(stale.display(), e))?;
+            println!("removed {}, a shard of the replaced data set", stale.display());
+        }
+    }
     if args.skip_bad_lines {
         println!("skipped bad lines: {train_skipped} in the input, {valid_skipped} in --valid files");
     }
     println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
+}
+
+/// The files of a prepared data set already in `dir`: `tokenizer.bpe` and `train_*.bin`/`valid_*.bin`.
+fn prepared_outputs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir.display(), e))? {
+        let path = entry.map_err(|e| DataError::io(dir.display(), e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let shard = (name.starts_with("train_") || name.starts_with("valid_")) && name.ends_with(".bin");
+        if shard || name == "tokenizer.bpe" {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 /// Pass 1: the texts of the first documents (minus the held-out tail) up to the sample size.
