@@ -62,3 +62,22 @@ fn bad_input_is_one_error_line_and_a_failure_status() {
     assert!(!output.status.success(), "one document held out leaves none to train on");
     assert!(stderr.contains("no training documents"), "{stderr}");
 }
+
+#[test]
+fn preparing_again_is_refused_and_overwrite_leaves_only_the_new_shards() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prepare_again");
+    let _ = std::fs::remove_dir_all(&out);
+    let args = ["--vocab", "300", "--valid-docs", "100", "--train-sample-bytes", "100000"];
+    let small_shards = prepare(&[&args[..], &["--shard-tokens", "200000"]].concat(), &sample(), &out);
+    assert!(small_shards.status.success(), "{}", String::from_utf8_lossy(&small_shards.stderr));
+    assert!(out.join("train_002.bin").exists(), "several shards at first");
+    let refused = prepare(&args, &sample(), &out);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("pass --overwrite"), "{stderr}");
+    let replaced = prepare(&[&args[..], &["--overwrite"]].concat(), &sample(), &out);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["tokenizer.bpe", "train_000.bin", "valid_000.bin"]);
+}
