@@ -6,8 +6,6 @@ use std::path::Path;
 
 use peerlm::model::memory::MemoryEstimate;
 
-const GIB: f64 = (1u64 << 30) as f64;
-
 /// Bytes available to this process: `MemAvailable` of `/proc/meminfo`, lowered to the cgroup's limit
 /// minus its usage when there is one. `None` where neither can be read (not Linux).
 fn available_bytes() -> Option<f64> {
@@ -30,19 +28,31 @@ fn available_bytes() -> Option<f64> {
     Some(available)
 }
 
-/// A one-line summary: "0.31 GiB (weights 0.02, optimizer 0.07, activations 0.22)".
+/// `bytes` in the largest binary unit that keeps it at 1 or more: "325.4 MiB", "1.50 TiB".
+fn size(bytes: f64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// A one-line summary: "about 310.2 MiB (weights 22.5 MiB, optimizer state 67.5 MiB, activations 220.2 MiB)".
 pub fn describe(estimate: &MemoryEstimate) -> String {
-    let parts = if estimate.optimizer_bytes > 0.0 {
-        format!(
-            "weights {:.2}, optimizer state {:.2}, activations {:.2}",
-            estimate.param_bytes / GIB,
-            estimate.optimizer_bytes / GIB,
-            estimate.activation_bytes / GIB
-        )
+    let optimizer = if estimate.optimizer_bytes > 0.0 {
+        format!(", optimizer state {}", size(estimate.optimizer_bytes))
     } else {
-        format!("weights {:.2}, activations {:.2}", estimate.param_bytes / GIB, estimate.activation_bytes / GIB)
+        String::new()
     };
-    format!("about {:.2} GiB ({parts})", estimate.total_bytes() / GIB)
+    format!(
+        "about {} (weights {}{optimizer}, activations {})",
+        size(estimate.total_bytes()),
+        size(estimate.param_bytes),
+        size(estimate.activation_bytes)
+    )
 }
 
 /// Refuses `what` if its estimate exceeds the available memory, unless `unchecked`.
@@ -50,11 +60,11 @@ pub fn check(what: &str, estimate: &MemoryEstimate, unchecked: bool) -> Result<(
     let Some(available) = available_bytes().filter(|_| !unchecked) else { return Ok(()) };
     if estimate.total_bytes() > available {
         return Err(format!(
-            "{what} needs {} for {:.2}M parameters, but only {:.2} GiB is available; use a smaller model or \
-             batch, or --no-memory-check to try anyway",
+            "{what} needs {} for {:.3e} parameters, but only {} is available; use a smaller model or batch, \
+             or --no-memory-check to try anyway",
             describe(estimate),
-            estimate.params / 1e6,
-            available / GIB
+            estimate.params,
+            size(available)
         )
         .into());
     }

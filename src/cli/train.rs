@@ -107,11 +107,12 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode, Box<dyn Error>> {
     if summary.interrupted || summary.steps < trainer.config.train.steps {
         let why = if summary.interrupted { "interrupted" } else { "stopped (--stop-at)" };
         eprintln!(
-            "{why} at step {} of {}: checkpoint {}; continue with `peerlm train --config {} --out {} --resume`",
+            "{why} at step {} of {}: checkpoint {}; continue with `peerlm train --config {} --data {} --out {} --resume`",
             summary.steps,
             trainer.config.train.steps,
             summary.checkpoint.display(),
             args.config.display(),
+            args.data.display(),
             out.display()
         );
         return Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS });
