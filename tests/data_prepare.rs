@@ -46,6 +46,8 @@ fn prepares_tokenizer_and_shards_with_held_out_documents() {
 #[test]
 fn bad_input_is_one_error_line_and_a_failure_status() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prepare_bad");
+    // A failed prepare may leave its tokenizer, and prepare refuses a directory holding one.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"text\":\"fine\"}\n{\"text\":\n").unwrap();
