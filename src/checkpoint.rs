@@ -16,12 +16,19 @@
 //! a temporary file, synced and renamed over the old one ([`AtomicFile`]), so a crash mid-write leaves the
 //! previous checkpoint intact. [`Checkpoint::parse`] checks every offset and size before it copies a byte,
 //! so a truncated or corrupt file is an error, never a panic.
+//!
+//! Offsets cannot see a flipped bit inside the data, and a flipped exponent bit turns a weight into NaN or
+//! 1e38 without a word. So [`Checkpoint::save`] adds the metadata key `tensor_checksums`, a JSON object
+//! giving each tensor's FNV-1a 64 hash of its bytes as stored (as token shards do), and `parse` checks
+//! each one, naming the tensor that does not match. Files written before the key existed still load.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use crate::data::atomic_file::AtomicFile;
+use crate::data::fnv::Fnv1a;
+use crate::data::shard::checksum;
 use crate::kernels::memory;
 use crate::tensor::Tensor;
 
@@ -47,6 +54,9 @@ impl std::error::Error for CheckpointError {}
 /// Headers beyond this are refused before allocating (a corrupt length field could ask for exabytes).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
+/// The metadata key of the per-tensor checksums.
+pub const CHECKSUMS_KEY: &str = "tensor_checksums";
+
 impl Checkpoint {
     /// Writes the checkpoint to `path` atomically: a temporary file beside it, fsync, rename.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
@@ -64,12 +74,17 @@ impl Checkpoint {
         file.commit().map_err(err)
     }
 
-    /// The length prefix and the padded JSON header.
+    /// The length prefix and the padded JSON header, with the tensors' checksums added to the metadata.
     fn header(&self) -> Vec<u8> {
         let mut entries = serde_json::Map::new();
-        if !self.metadata.is_empty() {
-            entries.insert("__metadata__".into(), serde_json::to_value(&self.metadata).expect("strings serialise"));
-        }
+        let sums: BTreeMap<&str, String> = self
+            .tensors
+            .iter()
+            .map(|(name, tensor)| (name.as_str(), format!("{:016x}", tensor_checksum(tensor))))
+            .collect();
+        let mut metadata = self.metadata.clone();
+        metadata.insert(CHECKSUMS_KEY.into(), serde_json::to_string(&sums).expect("strings serialise"));
+        entries.insert("__metadata__".into(), serde_json::to_value(&metadata).expect("strings serialise"));
         let mut offset = 0usize;
         for (name, tensor) in &self.tensors {
             let end = offset + 4 * tensor.numel();
@@ -106,7 +121,7 @@ impl Checkpoint {
         let (header, data) = bytes[8..].split_at(header_len as usize);
         let entries: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(header).map_err(|e| fail(format!("header is not a JSON object: {e}")))?;
-        let mut metadata = BTreeMap::new();
+        let mut metadata: BTreeMap<String, String> = BTreeMap::new();
         let mut spans = Vec::new();
         for (name, entry) in entries {
             if name == "__metadata__" {
@@ -131,6 +146,9 @@ impl Checkpoint {
                 data.len()
             )));
         }
+        if let Some(sums) = metadata.get(CHECKSUMS_KEY) {
+            verify_checksums(sums, &spans, data)?;
+        }
         let tensors = spans
             .into_iter()
             .map(|(begin, end, name, shape)| {
@@ -142,6 +160,37 @@ impl Checkpoint {
             .collect();
         Ok(Checkpoint { tensors, metadata })
     }
+}
+
+/// The FNV-1a 64 hash of a tensor's little-endian bytes, as [`Checkpoint::save`] writes them.
+fn tensor_checksum(tensor: &Tensor<f32>) -> u64 {
+    let mut hash = Fnv1a::default();
+    for x in tensor.data() {
+        hash.update(&x.to_le_bytes());
+    }
+    hash.value()
+}
+
+/// Checks every tensor's bytes against the `tensor_checksums` metadata.
+fn verify_checksums(
+    sums: &str,
+    spans: &[(usize, usize, String, Vec<usize>)],
+    data: &[u8],
+) -> Result<(), CheckpointError> {
+    let sums: BTreeMap<String, String> = serde_json::from_str(sums)
+        .map_err(|e| CheckpointError(format!("metadata {CHECKSUMS_KEY} is not a map of strings: {e}")))?;
+    for (begin, end, name, _) in spans {
+        let stored = sums
+            .get(name)
+            .ok_or_else(|| CheckpointError(format!("tensor {name}: no entry in metadata {CHECKSUMS_KEY}")))?;
+        let actual = format!("{:016x}", checksum(&data[*begin..*end]));
+        if *stored != actual {
+            return Err(CheckpointError(format!(
+                "tensor {name}: checksum mismatch (metadata says {stored}, its bytes hash to {actual}): the file is corrupt"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Shape and byte span of one header entry, checked against each other.
@@ -198,7 +247,9 @@ mod tests {
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         assert_eq!((8 + header_len) % 8, 0);
         let back = Checkpoint::parse(&bytes).unwrap();
-        assert_eq!(back.metadata, sample().metadata);
+        let mut metadata = back.metadata.clone();
+        assert!(metadata.remove(CHECKSUMS_KEY).is_some(), "save adds the checksums");
+        assert_eq!(metadata, sample().metadata);
         assert_eq!(back.tensors, sample().tensors); // data order is the written order
     }
 
@@ -223,6 +274,11 @@ mod tests {
             file.extend_from_slice(&bytes[8 + header_len..]);
             assert!(Checkpoint::parse(&file).is_err(), "accepted a header with {to}");
         }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1; // the sign bit of the last value of the last tensor in data order
+        flipped[last] ^= 0x80;
+        let error = Checkpoint::parse(&flipped).unwrap_err().0;
+        assert!(error.starts_with("tensor scalar: checksum mismatch"), "{error}");
         let mut huge = bytes.clone();
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(Checkpoint::parse(&huge).is_err());

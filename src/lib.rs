@@ -8,8 +8,9 @@
 //! - `nn`: layers built from ops (linear, layer norm, attention, dense FFW, MoE, PKM, PEER), each owning its
 //!   parameters; `optim`: AdamW (dense and lazy row-sparse), schedule, clipping;
 //! - `model`: the GPT decoder, its config and FLOP counter;
-//! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it; `sweep` runs
-//!   grids of training runs (the paper's isoFLOP comparison and ablations);
+//! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it; `run_dir`
+//!   owns a run's output directory; `sweep` runs grids of training runs (the paper's isoFLOP comparison and
+//!   ablations);
 //! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
 //!   the engine rather than on top of it.
 //!
@@ -29,6 +30,8 @@ pub mod ops;
 pub mod optim;
 pub mod param;
 pub mod rng;
+#[cfg(feature = "io")]
+pub mod run_dir;
 pub mod sample;
 #[cfg(feature = "io")]
 pub mod sweep;

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     // Training frees and reallocates the same large buffers every step: keep them (kernels/memory.rs).
     peerlm::kernels::memory::retain_freed_buffers();
     match cli::run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             eprintln!("peerlm: error: {error}");
             ExitCode::FAILURE

@@ -47,8 +47,9 @@ pub fn generate<T: Float>(
         }
         context.push(token);
         if caches[0].len() == seq_len {
-            // The position table is exhausted: keep the most recent half of the context.
-            context.drain(..context.len() - seq_len / 2);
+            // The position table is exhausted: keep the most recent half of the context (at least the
+            // newest token, which a model of one position would otherwise drop, leaving nothing to feed).
+            context.drain(..context.len() - (seq_len / 2).max(1));
             caches = model.new_caches();
             logits = feed(model, &context, &mut caches);
         } else {

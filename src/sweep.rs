@@ -34,6 +34,7 @@ use crate::data::{TokenDataset, Tokenizer};
 use crate::eval::text::{self, Protocol};
 use crate::eval::{self, lambada};
 use crate::model::{flops, Gpt};
+use crate::run_dir::{Existing, RunDir};
 use crate::train::{self, RunConfig, RunOptions, TrainError, Trainer};
 
 /// A sweep file.
@@ -204,7 +205,8 @@ impl SweepSpec {
         config.train.seed = seed;
         config.validate().map_err(|e| TrainError(format!("run {id}: {e}")))?;
         let tokens_per_step = config.train.batch_size * config.model.seq_len;
-        config.train.steps = flops::steps_for_budget(&config.model, budget, tokens_per_step);
+        config.train.steps = flops::steps_for_budget(&config.model, budget, tokens_per_step)
+            .map_err(|e| TrainError(format!("run {id}: {e}")))?;
         config.train.warmup_steps = config.train.warmup_steps.min(config.train.steps);
         Ok(PlannedRun { grid: grid.name.clone(), name, labels, budget, seed, config })
     }
@@ -391,12 +393,17 @@ pub struct SweepData<'a> {
 /// Trains `run` under `out` (from its checkpoint if it was started), scores it on every held-out set and
 /// writes its summary. A finished run is not trained again; if its summary lacks a set, or scored it
 /// under another protocol, that set is scored from the run's checkpoint and the summary rewritten.
-pub fn execute(run: &PlannedRun, out: &Path, data: &SweepData, progress: bool) -> Result<RunSummaryFile, TrainError> {
+pub fn execute(
+    run: &PlannedRun,
+    out: &Path,
+    data: &SweepData,
+    options: &RunOptions,
+) -> Result<RunSummaryFile, TrainError> {
     let dir = run.dir(out);
     let (mut summary, mut model) = match run_state(run, out)? {
         RunState::Finished(summary) => (*summary, None),
         RunState::New | RunState::Started => {
-            let (summary, trainer) = train_run(run, out, data, progress)?;
+            let (summary, trainer) = train_run(run, out, data, options)?;
             (summary, Some(trainer.model))
         }
     };
@@ -435,25 +442,38 @@ fn load_run_model(dir: &Path) -> Result<Gpt<f32>, TrainError> {
     Ok(train::load_model(checkpoint)?.0)
 }
 
-/// Trains the run to its last step; the summary has no held-out scores yet.
+/// Trains the run to its last step (its directory locked meanwhile); the summary has no held-out scores
+/// yet. `options.out_dir` is replaced by the run's directory; a stopped run is an error that says so.
 fn train_run(
     run: &PlannedRun,
     out: &Path,
     data: &SweepData,
-    progress: bool,
+    options: &RunOptions,
 ) -> Result<(RunSummaryFile, Trainer), TrainError> {
     let dir = start_run(run, out)?;
     let checkpoint = dir.join("checkpoint.safetensors");
+    // A run stopped before its first checkpoint starts again; its metrics are moved aside.
+    let existing = if checkpoint.exists() { Existing::Resume } else { Existing::Overwrite };
+    let _lock = RunDir::open(&dir, existing)?;
     let mut trainer = if checkpoint.exists() {
-        Trainer::from_checkpoint(Checkpoint::load(&checkpoint).map_err(|e| TrainError(e.to_string()))?)?
+        let loaded = Checkpoint::load(&checkpoint).map_err(|e| TrainError(format!("{}: {e}", checkpoint.display())))?;
+        Trainer::from_checkpoint(loaded)?
     } else {
         Trainer::new(run.config.clone())?
     };
     trainer.set_tokenizer(data.tokenizer_text.to_string());
-    let options = RunOptions { out_dir: dir.clone(), progress };
+    let options = RunOptions { out_dir: dir.clone(), ..*options };
     let started = std::time::Instant::now();
     let trained = train::run(&mut trainer, data.train, Some(data.valid), &options)?;
     let seconds = started.elapsed().as_secs_f64();
+    if trained.steps < run.config.train.steps {
+        return Err(TrainError(format!(
+            "run {} stopped at step {} of {}, with a checkpoint; run the sweep again to continue it",
+            run.id(),
+            trained.steps,
+            run.config.train.steps
+        )));
+    }
     let train_tokens = run.config.train.steps as f64 * run.tokens_per_step() as f64;
     let summary = RunSummaryFile {
         grid: run.grid.clone(),

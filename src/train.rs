@@ -10,17 +10,24 @@
 //!
 //! A step whose loss or gradient norm is not finite changes nothing and stops the run, so the last
 //! checkpoint on disk is still the last good state.
+//!
+//! The learning-rate schedule belongs to the run: it is fixed by `train.steps` when the run starts and
+//! travels in the checkpoint's config, so a run stopped ([`RunOptions::stop`], [`RunOptions::stop_at`])
+//! and resumed takes the very steps of one that never stopped. Training a run past its planned end is a
+//! different thing, [`Trainer::set_steps`]: it stretches the cosine from where the run is.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
+use crate::data::atomic_file::AtomicFile;
 use crate::data::loader::{Batch, TokenDataset};
 use crate::data::{fnv, tokenizer_file, Tokenizer};
-use crate::model::{flops, Gpt, ModelConfig};
+use crate::model::{flops, memory, Gpt, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::tape::Tape;
@@ -91,8 +98,10 @@ impl RunConfig {
     /// Reads and validates a JSON config file.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
-        let mut config: RunConfig =
-            serde_json::from_str(&text).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+        let in_file = |e: String| TrainError(format!("{}: {e}", path.display()));
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| in_file(e.to_string()))?;
+        check_section_widths(&value).map_err(in_file)?;
+        let mut config: RunConfig = serde_json::from_value(value).map_err(|e| in_file(e.to_string()))?;
         config.model.propagate_d_model();
         config.validate().map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
         Ok(config)
@@ -107,8 +116,13 @@ impl RunConfig {
         if t.steps == 0 {
             return Err("train.steps: must be at least 1".into());
         }
-        if !(t.lr > 0.0 && t.table_lr > 0.0) {
-            return Err("train.lr / train.table_lr: must be positive".into());
+        for (field, value) in [("lr", t.lr), ("table_lr", t.table_lr)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("train.{field}: {value} is not a positive number (as a 32-bit float)"));
+            }
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(format!("train.weight_decay: {} is not a non-negative number", t.weight_decay));
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
             return Err("train.beta1 / train.beta2: must lie in [0, 1)".into());
@@ -116,11 +130,31 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&t.min_lr_ratio) {
             return Err("train.min_lr_ratio: must lie in [0, 1]".into());
         }
-        if t.grad_clip < 0.0 {
-            return Err("train.grad_clip: must not be negative".into());
+        if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
+            return Err(format!(
+                "train.grad_clip: {} is not a non-negative number (0 turns clipping off)",
+                t.grad_clip
+            ));
         }
         Ok(())
     }
+}
+
+/// Refuses a layer section whose `d_model` differs from the model's: the model's width is the one used, so
+/// a different one in a section would be silently ignored.
+fn check_section_widths(file: &serde_json::Value) -> Result<(), String> {
+    let model = &file["model"];
+    let width = model.get("d_model").cloned().unwrap_or_else(|| ModelConfig::default().d_model.into());
+    for section in ["dense", "moe", "pkm", "peer"] {
+        if let Some(given) = model.get(section).and_then(|s| s.get("d_model")) {
+            if *given != width {
+                return Err(format!(
+                    "model.{section}.d_model: {given} differs from model.d_model = {width} (leave it out: the model's is used)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A training failure, with a message that says what and where.
@@ -173,7 +207,8 @@ impl Trainer {
         Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
     }
 
-    /// Changes the planned number of steps; the learning-rate schedule stretches to match.
+    /// Changes the planned number of steps; the learning-rate schedule stretches to match, so the steps
+    /// from here on differ from those of a run planned this long from its start.
     pub fn set_steps(&mut self, steps: u64) -> Result<(), TrainError> {
         let t = &mut self.config.train;
         t.steps = steps;
@@ -328,8 +363,16 @@ impl Restored {
         if restored.meta("format")? != "peerlm-checkpoint-v1" {
             return Err(TrainError(format!("checkpoint: unknown format {:?}", restored.meta("format")?)));
         }
-        restored.config = serde_json::from_str(restored.meta("config")?).map_err(|e| bad("config", e))?;
-        restored.config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
+        restored.config = config_of(&restored.metadata)?;
+        // Refuse a config that asks for more parameters than the file holds before building the model:
+        // a corrupt or crafted config could otherwise ask for any amount of memory.
+        let params = memory::param_count(&restored.config.model);
+        let stored: f64 = restored.tensors.values().map(|t| t.numel() as f64).sum();
+        if params > stored {
+            return Err(TrainError(format!(
+                "checkpoint: its config describes {params:.0} parameters, but the file holds only {stored:.0} values"
+            )));
+        }
         restored.step = restored.meta("step")?.parse().map_err(|e| bad("step", e))?;
         restored.check_tokenizer_hash()?;
         Ok(restored)
@@ -359,6 +402,18 @@ impl Restored {
     }
 }
 
+/// The run config stored in a checkpoint, validated (to size a model before building it).
+pub fn checkpoint_config(checkpoint: &Checkpoint) -> Result<RunConfig, TrainError> {
+    config_of(&checkpoint.metadata)
+}
+
+fn config_of(metadata: &Metadata) -> Result<RunConfig, TrainError> {
+    let text = metadata.get("config").ok_or_else(|| TrainError("checkpoint: metadata has no \"config\"".into()))?;
+    let config: RunConfig = serde_json::from_str(text).map_err(|e| bad("config", e))?;
+    config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
+    Ok(config)
+}
+
 fn bad(key: &str, error: impl fmt::Display) -> TrainError {
     TrainError(format!("checkpoint: metadata \"{key}\": {error}"))
 }
@@ -382,25 +437,43 @@ fn load_weights(model: &mut Gpt<f32>, tensors: &mut BTreeMap<String, Tensor<f32>
     model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))
 }
 
-/// Where a run writes and what it prints.
+/// Where a run writes, what it prints, and when it stops early.
 pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Print a progress line to stderr.
     pub progress: bool,
+    /// Checked before every step: once it is set (by a SIGINT handler, say), the run writes a checkpoint
+    /// and returns with [`RunSummary::interrupted`] set.
+    pub stop: Option<&'static AtomicBool>,
+    /// Stop after this step (counted from the start of the run) with a checkpoint, as if interrupted
+    /// there; the run's schedule is unchanged, so resuming it goes on exactly.
+    pub stop_at: Option<u64>,
+}
+
+impl RunOptions {
+    /// Writes into `out_dir`, prints nothing, and runs to the planned end.
+    pub fn new(out_dir: &Path) -> Self {
+        RunOptions { out_dir: out_dir.to_path_buf(), progress: false, stop: None, stop_at: None }
+    }
 }
 
 /// Result of a finished run.
 #[derive(Clone, Debug)]
 pub struct RunSummary {
     pub steps: u64,
+    /// The loss of the last step taken; NaN if the run took none.
     pub final_train_loss: f64,
     pub final_valid_loss: Option<f64>,
     pub tokens_per_second: f64,
     pub checkpoint: PathBuf,
+    /// The run stopped because [`RunOptions::stop`] was set.
+    pub interrupted: bool,
 }
 
-/// Trains `trainer` up to its configured step count, validating on `valid`, writing `metrics.jsonl` and
-/// `checkpoint.safetensors` into the output directory.
+/// Trains `trainer` up to its configured step count (or [`RunOptions::stop_at`]), validating on `valid`,
+/// writing `metrics.jsonl` and `checkpoint.safetensors` into the output directory. Lines of
+/// `metrics.jsonl` past the trainer's step (written after the checkpoint it resumes from) are dropped
+/// first, so every step appears once.
 pub fn run(
     trainer: &mut Trainer,
     train: &TokenDataset,
@@ -411,6 +484,7 @@ pub fn run(
     std::fs::create_dir_all(&options.out_dir).map_err(|e| io_err(&options.out_dir.display().to_string(), e))?;
     let metrics_path = options.out_dir.join("metrics.jsonl");
     let checkpoint_path = options.out_dir.join("checkpoint.safetensors");
+    trim_metrics(&metrics_path, trainer.step_count())?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -423,32 +497,44 @@ pub fn run(
     let mut last = StepStats { loss: f64::NAN, grad_norm: 0.0, lr: 0.0 };
     let mut valid_loss = None;
     let tty = std::io::stderr().is_terminal();
+    let end = options.stop_at.map_or(t.steps, |stop_at| stop_at.min(t.steps));
+    let mut interrupted = false;
 
-    while trainer.step_count() < t.steps {
+    while trainer.step_count() < end {
+        if options.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            trainer.to_checkpoint().save(&checkpoint_path).map_err(|e| TrainError(e.to_string()))?;
+            interrupted = true;
+            break;
+        }
         let batch = train.train_batch(t.seed, trainer.step_count(), t.batch_size);
-        last = trainer
-            .train_step(&batch)
-            .map_err(|e| TrainError(format!("{e}; the last good checkpoint is {}", checkpoint_path.display())))?;
+        last = trainer.train_step(&batch).map_err(|e| TrainError(format!("{e}; {}", last_good(&checkpoint_path))))?;
         let step = trainer.step_count();
         let elapsed = started.elapsed().as_secs_f64();
         let tokens_per_second = ((step - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9);
-        writeln!(
-            metrics,
-            "{{\"step\":{step},\"loss\":{:.5},\"grad_norm\":{:.4},\"lr\":{:.3e},\"tokens_per_s\":{:.0}}}",
-            last.loss, last.grad_norm, last.lr, tokens_per_second
-        )
-        .map_err(|e| io_err("metrics.jsonl", e))?;
+        let line = format!(
+            "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{:.3e},\"tokens_per_s\":{}}}",
+            json_number(last.loss, 5),
+            json_number(last.grad_norm, 4),
+            // Finite: validation refuses a learning rate that is not, and the schedule scales it by at most 1.
+            last.lr,
+            json_number(tokens_per_second, 0)
+        );
+        writeln!(metrics, "{line}").map_err(|e| io_err("metrics.jsonl", e))?;
         let done = step == t.steps;
         if let Some(valid) = valid.filter(|_| done || (t.eval_every > 0 && step % t.eval_every == 0)) {
             let loss = trainer.validate(valid, t.eval_batches);
             valid_loss = Some(loss);
-            writeln!(metrics, "{{\"step\":{step},\"valid_loss\":{loss:.5},\"valid_ppl\":{:.3}}}", loss.exp())
-                .map_err(|e| io_err("metrics.jsonl", e))?;
+            let line = format!(
+                "{{\"step\":{step},\"valid_loss\":{},\"valid_ppl\":{}}}",
+                json_number(loss, 5),
+                json_number(loss.exp(), 3)
+            );
+            writeln!(metrics, "{line}").map_err(|e| io_err("metrics.jsonl", e))?;
             if options.progress {
                 eprintln!("{}step {step}: validation loss {loss:.4}, perplexity {:.2}", clear(tty), loss.exp());
             }
         }
-        if done || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
+        if step == end || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
             trainer.to_checkpoint().save(&checkpoint_path).map_err(|e| TrainError(e.to_string()))?;
         }
         if options.progress {
@@ -466,12 +552,56 @@ pub fn run(
         final_valid_loss: valid_loss,
         tokens_per_second: ((trainer.step_count() - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9),
         checkpoint: checkpoint_path,
+        interrupted,
     })
 }
 
-/// The steps a compute budget buys for this config (see [`flops`]).
-pub fn steps_for_flops(config: &RunConfig, budget: f64) -> u64 {
-    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len)
+/// `x` with `digits` decimals, or `null` when it is not finite (JSON has no NaN or infinity).
+fn json_number(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "null".into()
+    }
+}
+
+/// Where a failed run can be picked up again: its checkpoint if it wrote one (a failed step changes
+/// nothing, so the file on disk is still good).
+fn last_good(checkpoint: &Path) -> String {
+    if checkpoint.exists() {
+        format!("the last good checkpoint is {}", checkpoint.display())
+    } else {
+        "no checkpoint was written yet".into()
+    }
+}
+
+/// Drops the lines of `metrics.jsonl` for steps after `step` (and a line torn by a kill), atomically.
+fn trim_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError(format!("{}: {e}", path.display()))),
+    };
+    let keep = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+            .is_some_and(|s| s <= step)
+    };
+    let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && keep(l)).collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    let fail = |e: crate::data::DataError| TrainError(e.to_string());
+    let mut file = AtomicFile::create(path).map_err(fail)?;
+    file.write_all(kept.as_bytes()).map_err(fail)?;
+    file.commit().map_err(fail)
+}
+
+/// The steps a compute budget buys for this config (see [`flops`]); an error for a budget that is not a
+/// positive number or buys no whole step.
+pub fn steps_for_flops(config: &RunConfig, budget: f64) -> Result<u64, TrainError> {
+    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len).map_err(TrainError)
 }
 
 fn clear(tty: bool) -> &'static str {

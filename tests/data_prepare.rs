@@ -46,6 +46,8 @@ fn prepares_tokenizer_and_shards_with_held_out_documents() {
 #[test]
 fn bad_input_is_one_error_line_and_a_failure_status() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prepare_bad");
+    // A failed prepare may leave its tokenizer, and prepare refuses a directory holding one.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"text\":\"fine\"}\n{\"text\":\n").unwrap();
@@ -61,4 +63,23 @@ fn bad_input_is_one_error_line_and_a_failure_status() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "one document held out leaves none to train on");
     assert!(stderr.contains("no training documents"), "{stderr}");
+}
+
+#[test]
+fn preparing_again_is_refused_and_overwrite_leaves_only_the_new_shards() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prepare_again");
+    let _ = std::fs::remove_dir_all(&out);
+    let args = ["--vocab", "300", "--valid-docs", "100", "--train-sample-bytes", "100000"];
+    let small_shards = prepare(&[&args[..], &["--shard-tokens", "200000"]].concat(), &sample(), &out);
+    assert!(small_shards.status.success(), "{}", String::from_utf8_lossy(&small_shards.stderr));
+    assert!(out.join("train_002.bin").exists(), "several shards at first");
+    let refused = prepare(&args, &sample(), &out);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("pass --overwrite"), "{stderr}");
+    let replaced = prepare(&[&args[..], &["--overwrite"]].concat(), &sample(), &out);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["tokenizer.bpe", "train_000.bin", "valid_000.bin"]);
 }

@@ -8,7 +8,7 @@ use peerlm::checkpoint::Checkpoint;
 use peerlm::data::{shard, DocumentReader, TokenDataset, Tokenizer};
 use peerlm::model::{flops, FfwKind};
 use peerlm::sweep::{self, merge_patch, EvalSet, PlannedRun, RunState, SweepData, SweepSpec};
-use peerlm::train::Trainer;
+use peerlm::train::{RunOptions, Trainer};
 use serde_json::json;
 
 const VOCAB: usize = 300;
@@ -116,7 +116,7 @@ fn a_run_resumes_exactly_is_skipped_when_finished_and_refuses_another_config() {
     let run = peer_run();
 
     let straight = root.join("straight");
-    let summary = sweep::execute(&run, &straight, &data, false).unwrap();
+    let summary = sweep::execute(&run, &straight, &data, &RunOptions::new(&straight)).unwrap();
     assert_eq!(summary.steps, run.config.train.steps);
     assert!(summary.eval["c4"].perplexity.is_finite() && !summary.usage.is_empty());
     assert_eq!(summary.eval["c4"].documents, Some(2));
@@ -132,27 +132,27 @@ fn a_run_resumes_exactly_is_skipped_when_finished_and_refuses_another_config() {
     }
     trainer.to_checkpoint().save(&dir.join("checkpoint.safetensors")).unwrap();
     assert_eq!(sweep::run_state(&run, &interrupted).unwrap(), RunState::Started);
-    let resumed = sweep::execute(&run, &interrupted, &data, false).unwrap();
+    let resumed = sweep::execute(&run, &interrupted, &data, &RunOptions::new(&interrupted)).unwrap();
     let weights = |out: &Path| Checkpoint::load(&run.dir(out).join("checkpoint.safetensors")).unwrap().tensors;
     assert_eq!(weights(&straight), weights(&interrupted), "resumed weights differ from a straight run");
     assert_eq!(resumed.eval, summary.eval);
 
     // Finished: executing again trains nothing and returns the summary on disk.
     let metrics = std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap();
-    assert_eq!(sweep::execute(&run, &straight, &data, false).unwrap(), summary);
+    assert_eq!(sweep::execute(&run, &straight, &data, &RunOptions::new(&straight)).unwrap(), summary);
     assert_eq!(std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap(), metrics);
 
     // A set the summary lacks is scored from the checkpoint, without training.
     let mut partial = summary.clone();
     partial.eval.remove("lambada");
     partial.save(&run.dir(&straight).join("summary.json")).unwrap();
-    assert_eq!(sweep::execute(&run, &straight, &data, false).unwrap(), summary);
+    assert_eq!(sweep::execute(&run, &straight, &data, &RunOptions::new(&straight)).unwrap(), summary);
     assert_eq!(std::fs::read_to_string(run.dir(&straight).join("metrics.jsonl")).unwrap(), metrics);
 
     // The spec changed under the same name: refused, the old run untouched.
     let mut edited = run.clone();
     edited.config.train.lr *= 2.0;
-    let error = sweep::execute(&edited, &straight, &data, false).unwrap_err().to_string();
+    let error = sweep::execute(&edited, &straight, &data, &RunOptions::new(&straight)).unwrap_err().to_string();
     assert!(error.contains("another config") && error.contains(&run.id()), "{error}");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -54,7 +54,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn quiet(out_dir: &Path) -> RunOptions {
-    RunOptions { out_dir: out_dir.to_path_buf(), progress: false }
+    RunOptions::new(out_dir)
 }
 
 #[test]
@@ -212,4 +212,76 @@ fn training_normalises_queries_by_the_batch_and_moves_the_running_statistics() {
         fresh.train_step(&synthetic_batch(4, fresh.config.model.seq_len, 2)).unwrap();
         assert_ne!(fresh.model.buffers(), before, "per_head {per_head}: a training step left the statistics");
     }
+}
+
+#[test]
+fn a_nan_stop_before_any_checkpoint_names_none() {
+    let dir = temp_dir("nan-first");
+    let (_, train_data, valid_data) = prepare(&dir);
+    let run_dir = dir.join("run");
+    let mut trainer = Trainer::new(config()).unwrap();
+    for param in trainer.model.params_mut() {
+        param.value.data_mut().iter_mut().for_each(|x| *x = f32::NAN);
+    }
+    let error = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&run_dir)).unwrap_err();
+    assert!(error.0.contains("no checkpoint was written yet"), "{error}");
+    assert!(!error.0.contains("last good checkpoint"), "{error}");
+}
+
+#[test]
+fn a_model_of_one_position_samples_past_its_context() {
+    let mut config = config().model;
+    config.seq_len = 1;
+    let mut model = peerlm::model::Gpt::<f32>::new(&config, 1);
+    let sample_config = SampleConfig { max_new_tokens: 5, temperature: 0.0, top_k: None, seed: 1, stop_token: None };
+    assert_eq!(generate(&mut model, &[3, 4], &sample_config, |_| {}).len(), 5);
+}
+
+/// The step numbers of the training lines of `metrics.jsonl` in `dir`.
+fn metric_steps(dir: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_stopped_by_its_flag_or_stop_at_checkpoints_and_resumes_without_repeating_metrics() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    let dir = temp_dir("stop");
+    let (_, train_data, valid_data) = prepare(&dir);
+    let run_dir = dir.join("run");
+    let path = run_dir.join("checkpoint.safetensors");
+    let mut trainer = Trainer::new(config()).unwrap();
+    let summary =
+        train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { stop_at: Some(25), ..quiet(&run_dir) })
+            .unwrap();
+    assert_eq!((summary.steps, summary.interrupted), (25, false));
+    let at_25 = std::fs::read(&path).unwrap();
+    // Steps 26..=30 are trained and logged, then the process dies before its next checkpoint.
+    train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { stop_at: Some(30), ..quiet(&run_dir) })
+        .unwrap();
+    std::fs::write(&path, at_25).unwrap();
+
+    let mut resumed = Trainer::from_checkpoint(Checkpoint::load(&path).unwrap()).unwrap();
+    let interrupted = RunOptions { stop: Some(&STOP), ..quiet(&run_dir) };
+    let summary = train::run(&mut resumed, &train_data, Some(&valid_data), &interrupted).unwrap();
+    assert!(summary.interrupted && summary.steps == 25, "{summary:?}");
+    assert_eq!(Trainer::from_checkpoint(Checkpoint::load(&path).unwrap()).unwrap().step_count(), 25);
+    assert_eq!(metric_steps(&run_dir), (1..=25).collect::<Vec<_>>(), "each step once, none past the checkpoint");
+}
+
+#[test]
+fn a_checkpoint_whose_config_outgrows_its_tensors_is_refused_before_building() {
+    let dir = temp_dir("crafted");
+    let path = dir.join("checkpoint.safetensors");
+    let mut checkpoint = Trainer::new(config()).unwrap().to_checkpoint();
+    let mut crafted = config();
+    crafted.model.peer.num_experts = 65_535 * 65_535; // 2 × 65,535² × 32 floats: 1.1 TB of experts
+    checkpoint.metadata.insert("config".into(), serde_json::to_string(&crafted).unwrap());
+    checkpoint.save(&path).unwrap();
+    let error = train::load_model(Checkpoint::load(&path).unwrap()).err().unwrap();
+    assert!(error.0.contains("parameters, but the file holds only"), "{error}");
 }

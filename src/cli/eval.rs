@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use peerlm::data::{tokenizer_file, DocumentReader, Tokenizer, TokenizerId};
 use peerlm::eval::lambada::score_lambada;
-use peerlm::eval::text::{score_documents, score_token_documents, split_documents, Protocol, Score, TextReport};
+use peerlm::eval::text::{
+    score_documents, score_token_documents, split_documents, windows_per_batch, Protocol, Score, TextReport,
+};
 use peerlm::eval::{layer_usage, LayerUsage};
-use peerlm::model::Gpt;
+use peerlm::model::{Gpt, ModelConfig};
 
 use super::{load_model, open_shards};
 
@@ -41,10 +43,14 @@ pub struct EvalArgs {
     /// Also score each --text file as LAMBADA passages: last-word accuracy (greedy) and per-word perplexity.
     #[arg(long, requires = "text")]
     lambada: bool,
+    /// Load the model even if its estimated memory exceeds what is available.
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), Box<dyn Error>> {
-    let (mut model, tokenizer) = load_model(&args.checkpoint)?;
+    let batch = |m: &ModelConfig| windows_per_batch(m.vocab_size, m.seq_len);
+    let (mut model, tokenizer) = load_model(&args.checkpoint, batch, args.no_memory_check)?;
     let context = model.config().seq_len;
     let protocol = Protocol { context, stride: args.stride.unwrap_or(context) };
     protocol.check(context).map_err(|e| format!("--stride: {e}"))?;

@@ -4,13 +4,17 @@
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use peerlm::data::{TokenDataset, Tokenizer, TokenizerId};
-use peerlm::model::Gpt;
+use peerlm::checkpoint::Checkpoint;
+use peerlm::data::{tokenizer_file, TokenDataset, Tokenizer, TokenizerId};
+use peerlm::model::{memory as model_memory, Gpt, ModelConfig};
 use peerlm::sample::{generate, SampleConfig};
 
 mod eval;
+mod interrupt;
+mod memory;
 mod prepare;
 mod sample;
 mod sweep;
@@ -37,15 +41,16 @@ enum Command {
     Sweep(sweep::SweepArgs),
 }
 
-pub fn run() -> Result<(), Box<dyn Error>> {
+/// Runs the command; the exit status is 0, or 130 for a training run stopped by Ctrl-C.
+pub fn run() -> Result<ExitCode, Box<dyn Error>> {
     match Cli::parse().command {
         Command::Prepare(args) => prepare::run(&args)?,
-        Command::Train(args) => train::run(&args)?,
+        Command::Train(args) => return train::run(&args),
         Command::Eval(args) => eval::run(&args)?,
         Command::Sample(args) => sample::run(&args)?,
-        Command::Sweep(args) => sweep::run(&args)?,
+        Command::Sweep(args) => return sweep::run(&args),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `<split>_*.bin` shards of a prepared directory, sorted by name.
@@ -65,10 +70,30 @@ fn shard_paths(dir: &Path, split: &str) -> Result<Vec<PathBuf>, Box<dyn Error>> 
     Ok(paths)
 }
 
-/// The model and tokenizer stored in a checkpoint (refused if the tokenizer is not the one it was trained
-/// with, see `peerlm::train::load_model_and_tokenizer`).
-fn load_model(path: &Path) -> Result<(Gpt<f32>, Tokenizer), Box<dyn Error>> {
-    let (model, _, tokenizer) = peerlm::train::load_model_and_tokenizer(path)?;
+/// The model and tokenizer stored in a checkpoint, if the model fits in memory at `batch_size` sequences
+/// (refused if
+/// the tokenizer is not the one it was trained with: its hash is checked on load).
+fn load_model(
+    path: &Path,
+    batch_size: impl Fn(&ModelConfig) -> usize,
+    unchecked: bool,
+) -> Result<(Gpt<f32>, Tokenizer), Box<dyn Error>> {
+    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let checkpoint = Checkpoint::load(path)?;
+    let config = peerlm::train::checkpoint_config(&checkpoint).map_err(|e| in_file(&e))?;
+    let needed = model_memory::inference(&config.model, batch_size(&config.model));
+    memory::check(&path.display().to_string(), &needed, unchecked)?;
+    let (model, _, metadata) = peerlm::train::load_model(checkpoint).map_err(|e| in_file(&e))?;
+    let text = metadata.get("tokenizer").ok_or_else(|| in_file(&"the checkpoint holds no tokenizer"))?;
+    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))?;
+    if tokenizer.vocab_size() > model.config().vocab_size {
+        return Err(in_file(&format_args!(
+            "its tokenizer has {} tokens, more than the model's vocab_size {}",
+            tokenizer.vocab_size(),
+            model.config().vocab_size
+        ))
+        .into());
+    }
     Ok((model, tokenizer))
 }
 
@@ -97,6 +122,9 @@ fn print_sample(
     top_k: Option<usize>,
     seed: u64,
 ) -> Result<(), Box<dyn Error>> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(format!("--temperature {temperature}: must be a number >= 0 (0 picks the likeliest token)").into());
+    }
     let prompt_ids = tokenizer.encode(prompt);
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());

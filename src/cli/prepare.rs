@@ -10,6 +10,10 @@
 //! With `--tokenizer` or `--from-checkpoint` there is no pass 1: an existing tokenizer encodes the text,
 //! so held-out text can be encoded for a trained model with `--valid` alone. Every shard records its
 //! tokenizer's hash, and the tokenizer is copied beside the shards.
+//!
+//! `prepare` owns its output directory: it refuses one that already holds a prepared data set unless
+//! given `--overwrite`, and then removes the old shards it did not rewrite, which training would
+//! otherwise mix in.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use peerlm::data::atomic_file::sweep_stale_temps;
 use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
 use peerlm::data::c4::DocumentReader;
 use peerlm::data::shard::ShardWriter;
@@ -60,6 +65,9 @@ pub struct PrepareArgs {
     /// Tokens per shard at most; larger outputs are split into train_000.bin, train_001.bin, ...
     #[arg(long, default_value_t = 100_000_000)]
     shard_tokens: u64,
+    /// Replace the data set already in --out (its shards that are not rewritten are removed).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl PrepareArgs {
@@ -77,6 +85,7 @@ impl PrepareArgs {
             skip_bad_lines: false,
             train_sample_bytes: 256 << 20,
             shard_tokens: 100_000_000,
+            overwrite: false,
         }
     }
 
@@ -91,6 +100,18 @@ const BATCH_BYTES: usize = 8 << 20;
 pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
     check_args(args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| DataError::io(args.out.display(), e))?;
+    for temp in sweep_stale_temps(&args.out)? {
+        eprintln!("removed {}, left by a writer that was killed", temp.display());
+    }
+    let old_outputs = prepared_outputs(&args.out)?;
+    if !old_outputs.is_empty() && !args.overwrite {
+        return Err(format!(
+            "{} already holds a prepared data set ({} files: tokenizer.bpe, shards); pass --overwrite to replace it",
+            args.out.display(),
+            old_outputs.len()
+        )
+        .into());
+    }
     let started = Instant::now();
     let hold_back = args.valid_docs.unwrap_or(0);
     let tokenizer = match (&args.tokenizer, &args.from_checkpoint) {
@@ -103,16 +124,20 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
     let id = TokenizerId::of(&tokenizer, tokenizer_path.display().to_string());
 
     let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
+    let mut written = Vec::new();
     if !args.input.is_empty() {
         let (train_stats, skipped) = encode_input(args, &tokenizer, &id, &mut held)?;
         train_stats.print("train");
         print_skipped(args, "the input", skipped);
+        written.extend(train_stats.shards);
     }
     if !args.valid.is_empty() || args.valid_docs.is_some() {
         let (valid_stats, skipped) = encode_held_out(args, &tokenizer, &id, held)?;
         valid_stats.print("valid");
         print_skipped(args, "--valid files", skipped);
+        written.extend(valid_stats.shards);
     }
+    remove_stale_shards(&old_outputs, &written)?;
     let threads = rayon::current_num_threads();
     println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
@@ -223,6 +248,32 @@ fn print_skipped(args: &PrepareArgs, source: &str, skipped: u64) {
     if args.skip_bad_lines {
         println!("skipped bad lines: {skipped} in {source}");
     }
+}
+
+/// Removes the shards of a replaced data set that this run did not rewrite, which training would
+/// otherwise mix in.
+fn remove_stale_shards(old_outputs: &[PathBuf], written: &[PathBuf]) -> Result<(), DataError> {
+    for stale in old_outputs.iter().filter(|p| !written.contains(p)) {
+        if stale.extension().is_some_and(|e| e == "bin") {
+            std::fs::remove_file(stale).map_err(|e| DataError::io(stale.display(), e))?;
+            println!("removed {}, a shard of the replaced data set", stale.display());
+        }
+    }
+    Ok(())
+}
+
+/// The files of a prepared data set already in `dir`: `tokenizer.bpe` and `train_*.bin`/`valid_*.bin`.
+fn prepared_outputs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir.display(), e))? {
+        let path = entry.map_err(|e| DataError::io(dir.display(), e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let shard = (name.starts_with("train_") || name.starts_with("valid_")) && name.ends_with(".bin");
+        if shard || name == "tokenizer.bpe" {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 /// Pass 1: the texts of the first documents (minus the held-out tail) up to the sample size.

@@ -25,10 +25,13 @@ pub struct SampleArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Load the model even if its estimated memory exceeds what is available.
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 pub fn run(args: &SampleArgs) -> Result<(), Box<dyn Error>> {
-    let (mut model, tokenizer) = load_model(&args.checkpoint)?;
+    let (mut model, tokenizer) = load_model(&args.checkpoint, |_| 1, args.no_memory_check)?;
     let top_k = (args.top_k > 0).then_some(args.top_k);
     print_sample(&mut model, &tokenizer, &args.prompt, args.tokens, args.temperature, top_k, args.seed)
 }

@@ -3,13 +3,16 @@
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::Args;
 use peerlm::data::{tokenizer_file, DocumentReader, TokenDataset};
 use peerlm::sweep::{self, PlannedRun, RunState, SweepData, SweepSpec};
+use peerlm::train::RunOptions;
 
-use super::{prepare, shard_paths};
+use super::{interrupt, prepare, shard_paths};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -33,7 +36,7 @@ pub struct SweepArgs {
     summaries: Option<PathBuf>,
 }
 
-pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
+pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
     let spec = SweepSpec::load(&args.spec)?;
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
@@ -44,7 +47,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
         for run in &runs {
             println!("{}", command_for(args, &out, run));
         }
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let vocab = runs.first().map_or(0, |r| r.config.model.vocab_size);
     let data_dir = match &args.data {
@@ -58,6 +61,8 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
         .iter()
         .map(|set| Ok((set.clone(), read_documents(&set.path)?)))
         .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
+    let stop = interrupt::install()?;
+    let options = RunOptions { progress: true, stop: Some(stop), ..RunOptions::new(&out) };
     let mut done_flops = 0.0;
     let total_flops: f64 = runs.iter().map(PlannedRun::train_flops).sum();
     let started = Instant::now();
@@ -94,7 +99,14 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
             tokenizer_text: &tokenizer_text,
             eval_sets: &eval_sets,
         };
-        let summary = sweep::execute(run, &out, &data, true)?;
+        let summary = match sweep::execute(run, &out, &data, &options) {
+            Ok(summary) => summary,
+            Err(e) if stop.load(Ordering::Relaxed) => {
+                eprintln!("interrupted: {e}");
+                return Ok(ExitCode::from(130));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !finished {
             done_flops += run.train_flops();
         }
@@ -107,7 +119,7 @@ pub fn run(args: &SweepArgs) -> Result<(), Box<dyn Error>> {
             summary.save(&path)?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The documents of a held-out file (C4-style JSON lines, or one plain text document).

@@ -128,14 +128,13 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                 },
                 Err(error) => {
                     // A read error (a truncated or corrupt gzip stream) ends this stream: nothing after it
-                    // can be trusted. In skip mode it counts as one bad line and the reader moves on.
+                    // can be trusted. It is an error even in skip mode: the file is damaged, not one line,
+                    // and counting the lost rest of the file as "1 bad line" would hide how much is gone.
                     self.finished = true;
-                    let error = self.bad_line(format!("read error: {error}"));
-                    if self.skip_bad_lines {
-                        self.skipped += 1;
-                    } else {
-                        return Some(Err(error));
-                    }
+                    return Some(Err(self.bad_line(format!(
+                        "read error: {error} (the file is truncated or corrupt from here on; --skip-bad-lines \
+                         skips malformed lines, not a damaged file)"
+                    ))));
                 }
             }
         }

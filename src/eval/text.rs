@@ -230,6 +230,11 @@ const CHUNK_WINDOWS: usize = 2048;
 /// Logits per forward pass at most (64 MB of `f32`), unless one window alone holds more.
 const BATCH_LOGITS: usize = 1 << 24;
 
+/// Windows of `len` tokens scored in one forward pass by a model of `vocab` tokens.
+pub fn windows_per_batch(vocab: usize, len: usize) -> usize {
+    (BATCH_LOGITS / (vocab * len).max(1)).max(1)
+}
+
 /// One window of one document of a chunk.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Job {
@@ -261,7 +266,7 @@ pub(crate) fn run_windows(
     let vocab = model.config().vocab_size;
     for group in order.chunk_by(|&a, &b| length(&jobs[a]) == length(&jobs[b])) {
         let len = length(&jobs[group[0]]);
-        let rows = (BATCH_LOGITS / (vocab * len)).max(1);
+        let rows = windows_per_batch(vocab, len);
         for batch in group.chunks(rows) {
             let targets = forward_batch(model, documents, jobs, batch, len);
             for (&j, row) in batch.iter().zip(targets) {

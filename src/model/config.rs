@@ -14,6 +14,9 @@ use crate::nn::peer::PeerConfig;
 use crate::nn::pkm::PkmConfig;
 use crate::nn::product_key_router::Router;
 
+/// Most blocks a config may ask for.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 /// The feed-forward layer of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
@@ -141,6 +144,10 @@ impl ModelConfig {
                 return Err(format!("{field}: must be at least 1"));
             }
         }
+        // Every per-block loop (validation, FLOP and memory counts) runs this many times.
+        if self.n_layers > MAX_LAYERS {
+            return Err(format!("n_layers: {} is more than {MAX_LAYERS}", self.n_layers));
+        }
         if self.vocab_size > u32::MAX as usize {
             return Err(format!("vocab_size: {} does not fit token ids of 32 bits", self.vocab_size));
         }
@@ -153,12 +160,21 @@ impl ModelConfig {
                 "positions: rotary turns pairs of columns, but each head is {head_width} wide (d_model / n_heads)"
             ));
         }
-        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(format!("norm_eps: {} must be positive", self.norm_eps));
         }
         if let Some(blocks) = &self.ffw_blocks {
             if let Some(bad) = blocks.iter().find(|&&b| b >= self.n_layers) {
                 return Err(format!("ffw_blocks: block {bad} does not exist (n_layers = {})", self.n_layers));
+            }
+            if let Some(twice) = blocks.iter().enumerate().find(|&(i, b)| blocks[..i].contains(b)) {
+                return Err(format!("ffw_blocks: block {} is listed twice", twice.1));
+            }
+            if blocks.is_empty() && self.ffw != FfwKind::Dense {
+                return Err(format!(
+                    "ffw_blocks: empty, so no block would use ffw = {:?}; list blocks, or leave ffw_blocks out for the middle one",
+                    format!("{:?}", self.ffw).to_lowercase()
+                ));
             }
         }
         let used = |kind| (0..self.n_layers).any(|b| self.ffw_of(b) == kind);

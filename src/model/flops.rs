@@ -142,8 +142,22 @@ pub fn train_flops_per_token(config: &ModelConfig) -> f64 {
     model(config).train()
 }
 
-/// Steps a run of `budget` training FLOPs takes at `tokens_per_step` (at least one).
-pub fn steps_for_budget(config: &ModelConfig, budget: f64, tokens_per_step: usize) -> u64 {
+/// Most steps a budget may buy: beyond 2^53 a step count is no longer exact in an f64.
+const MAX_STEPS: f64 = (1u64 << 53) as f64;
+
+/// Steps a run of `budget` training FLOPs takes at `tokens_per_step`, rounded to the nearest whole step.
+/// Errors if the budget is not a positive number, buys less than one step, or more than 2^53.
+pub fn steps_for_budget(config: &ModelConfig, budget: f64, tokens_per_step: usize) -> Result<u64, String> {
+    if !(budget.is_finite() && budget > 0.0) {
+        return Err(format!("--flops {budget}: the budget must be a positive number of FLOPs"));
+    }
     let per_step = train_flops_per_token(config) * tokens_per_step as f64;
-    ((budget / per_step).round() as u64).max(1)
+    let steps = (budget / per_step).round();
+    if steps < 1.0 {
+        return Err(format!("--flops {budget:e} buys no whole step: one step costs {per_step:.3e} FLOPs"));
+    }
+    if steps > MAX_STEPS {
+        return Err(format!("--flops {budget:e} buys {steps:.3e} steps of {per_step:.3e} FLOPs, more than 2^53"));
+    }
+    Ok(steps as u64)
 }

@@ -19,7 +19,8 @@ pub const GPT2_INIT_STD: f64 = 0.02;
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(deny_unknown_fields))]
 pub struct DenseFfwConfig {
-    /// Width of the residual stream.
+    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
+    #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
     /// Hidden width; GPT-2 uses 4·d_model.
     pub d_ff: usize,

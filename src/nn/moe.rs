@@ -48,6 +48,8 @@ pub enum Routing {
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(deny_unknown_fields))]
 pub struct MoeConfig {
+    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
+    #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
     /// E, the number of experts.
     pub num_experts: usize,

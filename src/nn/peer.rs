@@ -40,6 +40,8 @@ use crate::tensor::Tensor;
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(deny_unknown_fields))]
 pub struct PeerConfig {
+    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
+    #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
     /// N, the experts in the pool; a perfect square n², n sub-keys per half.
     pub num_experts: usize,

@@ -26,6 +26,8 @@ use crate::tensor::Tensor;
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(deny_unknown_fields))]
 pub struct PkmConfig {
+    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
+    #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
     /// n, the sub-keys per half; the memory has N = n² slots.
     pub num_keys: usize,
