@@ -392,7 +392,8 @@ pub struct SweepData<'a> {
 
 /// Trains `run` under `out` (from its checkpoint if it was started), scores it on every held-out set and
 /// writes its summary. A finished run is not trained again; if its summary lacks a set, or scored it
-/// under another protocol, that set is scored from the run's checkpoint and the summary rewritten.
+/// under another protocol, that set is scored from the run's checkpoint (when there is one) and the
+/// summary rewritten.
 pub fn execute(
     run: &PlannedRun,
     out: &Path,
@@ -410,6 +411,10 @@ pub fn execute(
     let missing: Vec<&(EvalSet, Vec<String>)> =
         data.eval_sets.iter().filter(|(set, _)| !scored(&summary, set, run.config.model.seq_len)).collect();
     if missing.is_empty() && model.is_none() {
+        return Ok(summary);
+    }
+    if !missing.is_empty() && model.is_none() && !dir.join("checkpoint.safetensors").exists() {
+        // Only the summary survives (a committed one, on another machine): nothing to score with.
         return Ok(summary);
     }
     if !missing.is_empty() {

@@ -105,7 +105,7 @@ fn shards_past_the_vocabulary_and_a_resume_with_another_model_are_errors_not_pan
     }
     let config = config(&dir, 10);
     let out = dir.join("run");
-    assert_error(&train_on(&mixed, &config, &out, &[]), "past the model's vocab_size 300");
+    assert_error(&train_on(&mixed, &config, &out, &[]), "holds tokens of a 400-token vocabulary");
 
     // A run of vocabulary 300, resumed with a config and data of vocabulary 400.
     let out = dir.join("run300");
@@ -225,8 +225,8 @@ fn meaningless_flags_are_refused() {
         let output = peerlm(&["sample", "--checkpoint", checkpoint, "--tokens", "3", &temperature]);
         assert_error(&output, "--temperature");
     }
-    let output = peerlm(&["eval", "--checkpoint", checkpoint, "--data", data().to_str().unwrap(), "--batch-size", "0"]);
-    assert_error(&output, "--batch-size 0");
+    let output = peerlm(&["eval", "--checkpoint", checkpoint, "--data", data().to_str().unwrap(), "--stride", "0"]);
+    assert_error(&output, "--stride");
 
     let no_tokenizer = dir.join("no-tokenizer");
     std::fs::create_dir_all(&no_tokenizer).unwrap();

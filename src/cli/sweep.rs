@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Args;
 use peerlm::data::{tokenizer_file, DocumentReader, TokenDataset};
-use peerlm::sweep::{self, PlannedRun, RunState, SweepData, SweepSpec};
+use peerlm::sweep::{self, PlannedRun, RunState, RunSummaryFile, SweepData, SweepSpec};
 use peerlm::train::RunOptions;
 
 use super::{interrupt, prepare, shard_paths};
@@ -42,7 +42,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(stem)
     });
-    let runs = select(spec.plan()?, &args.run)?;
+    let mut runs = select(spec.plan()?, &args.run)?;
+    // Cheapest budgets first, so that whole curves land early in a long sweep.
+    runs.sort_by(|a, b| a.budget.total_cmp(&b.budget));
     if args.list {
         for run in &runs {
             println!("{}", command_for(args, &out, run));
@@ -79,6 +81,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         let seq_len = run.config.model.seq_len;
         let train = TokenDataset::open(&shard_paths(&data_dir, "train")?, seq_len)?;
         let valid = TokenDataset::open(&shard_paths(&data_dir, "valid")?, seq_len)?;
+        if let Some(dir) = &args.summaries {
+            adopt_committed_summary(run, &out, dir)?;
+        }
         let finished = matches!(sweep::run_state(run, &out)?, RunState::Finished(_));
         let spent = started.elapsed().as_secs_f64();
         let eta = (done_flops > 0.0).then(|| (total_flops - done_flops) * spent / done_flops);
@@ -120,6 +125,24 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A run whose summary was committed (under `summaries`) but whose directory is gone, as on a new
+/// machine, is finished: its summary goes back into a fresh run directory instead of training again.
+fn adopt_committed_summary(run: &PlannedRun, out: &Path, summaries: &Path) -> Result<(), Box<dyn Error>> {
+    let committed = summaries.join(&run.grid).join(format!("{}.json", run.name));
+    if !committed.exists() || run.dir(out).join("config.json").exists() {
+        return Ok(());
+    }
+    let summary = RunSummaryFile::load(&committed)?;
+    if summary.config != run.config {
+        return Err(
+            format!("{}: holds another config than the spec gives for run {}", committed.display(), run.id()).into()
+        );
+    }
+    let dir = sweep::start_run(run, out)?;
+    summary.save(&dir.join("summary.json"))?;
+    Ok(())
 }
 
 /// The documents of a held-out file (C4-style JSON lines, or one plain text document).
