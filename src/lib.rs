@@ -9,7 +9,8 @@
 //!   parameters; `optim`: AdamW (dense and lazy row-sparse), schedule, clipping;
 //! - `model`: the GPT decoder, its config and FLOP counter;
 //! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it; `sweep` runs
-//!   grids of training runs (the paper's isoFLOP comparison and ablations);
+//!   grids of training runs (the paper's isoFLOP comparison and ablations); `study` turns their
+//!   summaries into the report's numbers (seed means and spreads, best size per budget);
 //! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
 //!   the engine rather than on top of it.
 //!
@@ -30,6 +31,8 @@ pub mod optim;
 pub mod param;
 pub mod rng;
 pub mod sample;
+#[cfg(feature = "io")]
+pub mod study;
 #[cfg(feature = "io")]
 pub mod sweep;
 pub mod tape;
