@@ -13,6 +13,7 @@ use peerlm::sample::{generate, SampleConfig};
 
 mod eval;
 mod prepare;
+mod report;
 mod sample;
 mod sweep;
 mod train;
@@ -36,6 +37,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Run (or list) the grid of training runs a sweep spec describes, resumably.
     Sweep(sweep::SweepArgs),
+    /// Write docs/REPRODUCTION.md and its figures from the sweeps' run summaries.
+    Report(report::ReportArgs),
 }
 
 pub fn run() -> Result<(), Box<dyn Error>> {
@@ -45,6 +48,7 @@ pub fn run() -> Result<(), Box<dyn Error>> {
         Command::Eval(args) => eval::run(&args)?,
         Command::Sample(args) => sample::run(&args)?,
         Command::Sweep(args) => sweep::run(&args)?,
+        Command::Report(args) => report::run(&args)?,
     }
     Ok(())
 }
