@@ -151,6 +151,7 @@ fn chart(root: &DrawingArea<SVGBackend, Shift>, plot: &Plot) -> Result<(), Drawi
         .configure_mesh()
         .x_desc(format!("{} (log scale)", plot.x_label))
         .y_desc("C4 validation perplexity")
+        .light_line_style(RGBColor(240, 240, 240))
         .x_label_formatter(&|x| tick(*x))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;

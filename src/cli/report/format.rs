@@ -41,7 +41,7 @@ pub fn duration(seconds: f64) -> String {
     format!("{}h{:02}m", minutes / 60, minutes % 60)
 }
 
-/// `mean ± sd (min–max)` with `digits`, or the mean alone for one seed.
+/// `mean ± sd (min–max)`, each number written by `write`, or the mean alone for one seed.
 pub fn spread(s: &Spread, write: fn(f64) -> String) -> String {
     match s.std {
         Some(std) => format!("{} ± {} ({}–{})", write(s.mean), write(std), write(s.min), write(s.max)),

@@ -111,11 +111,12 @@ pub fn run(args: &ReportArgs) -> Result<(), Box<dyn Error>> {
         specs_dir: args.specs.clone(),
     };
     let figures_dir = args.out.parent().unwrap_or(Path::new("")).join("reproduction");
+    let figures = figures::all(&study);
+    let dir = if figures.is_empty() { args.out.parent().unwrap_or(Path::new("")) } else { &figures_dir };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut drawn = Vec::new();
-    for figure in figures::all(&study) {
-        let path = figures_dir.join(figure.file);
-        std::fs::create_dir_all(&figures_dir).map_err(|e| format!("{}: {e}", figures_dir.display()))?;
-        write_atomic(&path, figure.svg.as_bytes())?;
+    for figure in figures {
+        write_atomic(&figures_dir.join(figure.file), figure.svg.as_bytes())?;
         drawn.push(figure.file);
     }
     let document = document(&study, &drawn);

@@ -88,7 +88,7 @@ fn figure3a(study: &Study) -> String {
         .map(|&budget| {
             let curve: Vec<&Point> = points.iter().filter(|p| p.budget == budget).collect();
             let name = |p: &Point| format!("N = {}", ablations::experts_name(shape(p).0));
-            format!("at {} FLOPs {}", format::budget(budget), falls(&curve, name))
+            format!("at {} FLOPs, {}", format::budget(budget), falls(&curve, name))
         })
         .collect();
     format!("{out} Here (Figure 3a's table): {}.\n", lines.join("; "))
@@ -113,7 +113,7 @@ fn figure3b(study: &Study) -> String {
                 Some(false) => "the gains did not shrink (no saturation)",
                 None => "too few points to judge saturation",
             };
-            format!("split `{s}` {}; {saturation}", falls(&curve, name))
+            format!("split `{s}`: {}; {saturation}", falls(&curve, name))
         })
         .collect();
     format!("{out} Here (Figure 3b's table): {}.\n", lines.join("; "))
@@ -162,9 +162,8 @@ fn c4_mean(point: &Point) -> f64 {
 fn table2(study: &Study) -> String {
     let (paper_off, paper_on) = PAPER_TABLE2_KL;
     let out = format!(
-        "- **Table 2.** The paper: query batch norm lowers the KL of expert usage from uniform, {} → {} at N = {}.",
-        format::kl(paper_off),
-        format::kl(paper_on),
+        "- **Table 2.** The paper: query batch norm lowers the KL of expert usage from uniform, {paper_off} → {paper_on} \
+         at N = {}.",
         ablations::experts_name(PAPER_TABLE2_EXPERTS)
     );
     let points = batch_norm_points(study);

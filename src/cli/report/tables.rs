@@ -31,11 +31,10 @@ pub fn tuning(study: &Study) -> String {
 
 fn tuning_counts(study: &Study, present: &[&str]) -> String {
     let counts: Vec<(String, usize)> = present.iter().map(|g| (g.to_string(), study.grid(g).len())).collect();
-    let budgets: Vec<String> = {
-        let mut b: Vec<String> = present.iter().flat_map(|g| study.grid(g)).map(|r| format::budget(r.budget)).collect();
-        b.dedup();
-        b
-    };
+    let mut budgets: Vec<f64> = present.iter().flat_map(|g| study.grid(g)).map(|r| r.budget).collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    let budgets: Vec<String> = budgets.into_iter().map(format::budget).collect();
     let same = counts.windows(2).all(|w| w[0].1 == w[1].1);
     let listed = counts.iter().map(|(g, n)| format!("`{g}` {n}")).collect::<Vec<_>>().join(", ");
     let verdict = if same {
