@@ -46,13 +46,13 @@ const PALETTE: [RGBColor; 6] = [
 ];
 
 /// Every figure whose grid has points.
-pub fn all(study: &Study) -> Vec<Figure> {
+pub fn all(study: &Study) -> Result<Vec<Figure>, String> {
     let plots =
         [("isoflop.svg", isoflop(study)), ("experts.svg", experts(study)), ("active.svg", active_experts(study))];
     plots
         .into_iter()
         .filter(|(_, plot)| !plot.series.is_empty())
-        .map(|(file, plot)| Figure { file, svg: draw(&plot) })
+        .map(|(file, plot)| Ok(Figure { file, svg: draw(&plot).map_err(|e| format!("drawing {file}: {e}"))? }))
         .collect()
 }
 
@@ -120,22 +120,23 @@ fn budgets(points: &[Point]) -> Vec<f64> {
     budgets
 }
 
-/// The series of `line`'s points that scored C4, sorted by `x`; none if no point did.
+/// The series of `line`'s points that scored C4 (a finite perplexity at a positive x), sorted by `x`; none
+/// if no point did.
 fn series_of(label: String, colour: RGBColor, style: usize, line: &[&Point], x: fn(&Point) -> f64) -> Option<Series> {
-    let mut points: Vec<(f64, Spread)> = line.iter().filter_map(|p| Some((x(p), *p.perplexity("c4")?))).collect();
+    let finite = |(x, s): &(f64, Spread)| x.is_finite() && *x > 0.0 && s.min.is_finite() && s.max.is_finite();
+    let mut points: Vec<(f64, Spread)> =
+        line.iter().filter_map(|p| Some((x(p), *p.perplexity("c4")?))).filter(finite).collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     (!points.is_empty()).then_some(Series { label, colour, style, points })
 }
 
 /// The plot as SVG text.
-fn draw(plot: &Plot) -> String {
+fn draw(plot: &Plot) -> Result<String, String> {
     let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (820, 560)).into_drawing_area();
-        // Drawing into a string fails only on a plot that cannot be laid out, which `plot` never is.
-        chart(&root, plot).expect("a plot of finite points draws");
-    }
-    svg
+    let root = SVGBackend::with_string(&mut svg, (820, 560)).into_drawing_area();
+    chart(&root, plot).map_err(|e| e.to_string())?;
+    drop(root);
+    Ok(svg)
 }
 
 fn chart(root: &DrawingArea<SVGBackend, Shift>, plot: &Plot) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {

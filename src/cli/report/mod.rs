@@ -111,7 +111,7 @@ pub fn run(args: &ReportArgs) -> Result<(), Box<dyn Error>> {
         specs_dir: args.specs.clone(),
     };
     let figures_dir = args.out.parent().unwrap_or(Path::new("")).join("reproduction");
-    let figures = figures::all(&study);
+    let figures = figures::all(&study)?;
     let dir = if figures.is_empty() { args.out.parent().unwrap_or(Path::new("")) } else { &figures_dir };
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut drawn = Vec::new();
