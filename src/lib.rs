@@ -10,7 +10,8 @@
 //! - `model`: the GPT decoder, its config and FLOP counter;
 //! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it; `run_dir`
 //!   owns a run's output directory; `sweep` runs grids of training runs (the paper's isoFLOP comparison and
-//!   ablations);
+//!   ablations); `study` turns their summaries into the report's numbers (seed means and spreads, best size
+//!   per budget);
 //! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
 //!   the engine rather than on top of it.
 //!
@@ -33,6 +34,8 @@ pub mod rng;
 #[cfg(feature = "io")]
 pub mod run_dir;
 pub mod sample;
+#[cfg(feature = "io")]
+pub mod study;
 #[cfg(feature = "io")]
 pub mod sweep;
 pub mod tape;

@@ -16,6 +16,7 @@ mod eval;
 mod interrupt;
 mod memory;
 mod prepare;
+mod report;
 mod sample;
 mod sweep;
 mod train;
@@ -39,6 +40,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Run (or list) the grid of training runs a sweep spec describes, resumably.
     Sweep(sweep::SweepArgs),
+    /// Write docs/REPRODUCTION.md and its figures from the sweeps' run summaries.
+    Report(report::ReportArgs),
 }
 
 /// Runs the command; the exit status is 0, or 130 for a training run stopped by Ctrl-C.
@@ -49,6 +52,7 @@ pub fn run() -> Result<ExitCode, Box<dyn Error>> {
         Command::Eval(args) => eval::run(&args)?,
         Command::Sample(args) => sample::run(&args)?,
         Command::Sweep(args) => return sweep::run(&args),
+        Command::Report(args) => report::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
