@@ -65,9 +65,14 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
     let stop = interrupt::install()?;
     let options = RunOptions { progress: true, stop: Some(stop), ..RunOptions::new(&out) };
-    let mut done_flops = 0.0;
-    let total_flops: f64 = runs.iter().map(PlannedRun::train_flops).sum();
-    let started = Instant::now();
+    let mut eta = Eta::default();
+    let mut to_train: Vec<bool> = Vec::with_capacity(runs.len());
+    for run in &runs {
+        if let Some(dir) = &args.summaries {
+            adopt_committed_summary(run, &out, dir)?;
+        }
+        to_train.push(!matches!(sweep::run_state(run, &out)?, RunState::Finished(_)));
+    }
     for (i, run) in runs.iter().enumerate() {
         if run.config.model.vocab_size != tokenizer.vocab_size() {
             return Err(format!(
@@ -81,12 +86,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         let seq_len = run.config.model.seq_len;
         let train = TokenDataset::open(&shard_paths(&data_dir, "train")?, seq_len)?;
         let valid = TokenDataset::open(&shard_paths(&data_dir, "valid")?, seq_len)?;
-        if let Some(dir) = &args.summaries {
-            adopt_committed_summary(run, &out, dir)?;
-        }
-        let finished = matches!(sweep::run_state(run, &out)?, RunState::Finished(_));
-        let spent = started.elapsed().as_secs_f64();
-        let eta = (done_flops > 0.0).then(|| (total_flops - done_flops) * spent / done_flops);
+        let finished = !to_train[i];
+        let left = runs.iter().zip(&to_train).skip(i).filter(|(_, &train)| train).map(|(r, _)| r.train_flops());
+        let time_left = eta.seconds_left(left);
         eprintln!(
             "[{}/{}] {}: {} steps, {:.2e} FLOPs{}{}",
             i + 1,
@@ -95,7 +97,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
             run.config.train.steps,
             run.train_flops(),
             if finished { " (finished)" } else { "" },
-            eta.map_or(String::new(), |s| format!("; whole sweep ETA {}", hours_minutes(s)))
+            time_left.map_or(String::new(), |s| format!("; whole sweep ETA {}", hours_minutes(s)))
         );
         let data = SweepData {
             train: &train,
@@ -104,6 +106,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
             tokenizer_text: &tokenizer_text,
             eval_sets: &eval_sets,
         };
+        let started = Instant::now();
         let summary = match sweep::execute(run, &out, &data, &options) {
             Ok(summary) => summary,
             Err(e) if stop.load(Ordering::Relaxed) => {
@@ -113,7 +116,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
             Err(e) => return Err(e.into()),
         };
         if !finished {
-            done_flops += run.train_flops();
+            eta.record(run.train_flops(), summary.train_seconds, started.elapsed().as_secs_f64());
         }
         for (name, score) in &summary.eval {
             eprintln!("  {}: {name} perplexity {:.2} ({} tokens)", run.id(), score.perplexity, score.tokens);
@@ -197,7 +200,52 @@ fn prepared_data(spec: &SweepSpec, out: &Path, vocab: usize) -> Result<PathBuf, 
     }
 }
 
+/// The whole sweep's time left, from the runs trained so far in this sitting: seconds per training FLOP,
+/// plus a fixed cost per run (scoring the held-out sets, loading), which dominates the smallest budgets.
+#[derive(Default)]
+struct Eta {
+    flops: f64,
+    train_seconds: f64,
+    other_seconds: f64,
+    runs: usize,
+}
+
+impl Eta {
+    fn record(&mut self, flops: f64, train_seconds: f64, wall_seconds: f64) {
+        self.flops += flops;
+        self.train_seconds += train_seconds;
+        self.other_seconds += (wall_seconds - train_seconds).max(0.0);
+        self.runs += 1;
+    }
+
+    /// Seconds for runs still to train with these training FLOPs; `None` before the first run is done.
+    fn seconds_left(&self, flops_left: impl Iterator<Item = f64>) -> Option<f64> {
+        if self.runs == 0 || self.flops <= 0.0 {
+            return None;
+        }
+        let (count, flops) = flops_left.fold((0, 0.0), |(n, f), run| (n + 1, f + run));
+        Some(flops * self.train_seconds / self.flops + count as f64 * self.other_seconds / self.runs as f64)
+    }
+}
+
 fn hours_minutes(seconds: f64) -> String {
     let minutes = (seconds / 60.0).round() as u64;
     format!("{}h{:02}m", minutes / 60, minutes % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Eta;
+
+    #[test]
+    fn the_eta_charges_flops_at_the_measured_rate_plus_each_run_its_fixed_cost() {
+        let mut eta = Eta::default();
+        assert_eq!(eta.seconds_left([1e12].into_iter()), None);
+        // 1e12 FLOPs trained in 10 s with 5 s around them, then 3e12 in 30 s with 15 s around them:
+        // 1e-11 s per FLOP and 10 s per run.
+        eta.record(1e12, 10.0, 15.0);
+        eta.record(3e12, 30.0, 45.0);
+        let left = eta.seconds_left([2e12, 4e12].into_iter()).unwrap();
+        assert!((left - (60.0 + 2.0 * 10.0)).abs() < 1e-9, "{left}");
+    }
 }
