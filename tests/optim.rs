@@ -308,7 +308,7 @@ fn lazy_reference(
     let mut reads = vec![0u64; rows];
     for (t, ((ids, lr_scale), values)) in steps.iter().zip(values).enumerate() {
         let lr = lr * f64::from(*lr_scale);
-        for row in 0..rows {
+        for (row, row_reads) in reads.iter_mut().enumerate() {
             let mut sum = vec![0.0f64; width];
             let mut read = false;
             for (k, &id) in ids.iter().enumerate() {
@@ -320,8 +320,8 @@ fn lazy_reference(
             let g: Vec<f32> = sum.iter().map(|&s| s as f32).collect();
             let range = row * width..(row + 1) * width;
             if read {
-                reads[row] += 1;
-                let step = if skipped == Skipped::RowCount { reads[row] } else { t as u64 + 1 };
+                *row_reads += 1;
+                let step = if skipped == Skipped::RowCount { *row_reads } else { t as u64 + 1 };
                 reference.step(range, &g, step, lr, decay, config);
             } else if skipped == Skipped::ZeroGradient {
                 reference.step(range, &g, t as u64 + 1, lr, decay, config);
