@@ -4,6 +4,7 @@
 mod common;
 
 use common::{check_gradients, shape, tensor};
+use peerlm::ops::BatchNormStats;
 use peerlm::{ops, Param, ParamKind, Tape, Tensor};
 use proptest::prelude::*;
 
@@ -148,5 +149,136 @@ fn threaded_norms_match_a_plain_loop() {
             let worst = g.iter().zip(r).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f64::max);
             assert!(worst < 1e-10, "centered {centered}, {what}: relative error {worst}");
         }
+    }
+}
+
+/// Batch norm in training mode, written out plainly for a `[rows, c]` input `x`, upstream gradient `w`
+/// (of `Σ w⊙y`), per-column `gain`, `bias` and running statistics `(mean, var)` with `momentum`:
+/// `[y, running mean, running var, dx, dgain, dbias]`.
+///
+/// The input gradient is summed from the explicit Jacobian: with μ = Σ_r x_r / R, σ² = Σ_r (x_r − μ)² / R
+/// (biased), s = √(σ² + eps), ∂μ/∂x_j = 1/R and ∂s/∂x_j = (x_j − μ)/(R·s), so
+/// ∂y_i/∂x_j = gain·((δ_ij − 1/R)/s − (x_i − μ)(x_j − μ)/(R·s³)); R² terms per column.
+fn reference_batch_norm(
+    x: &[f64],
+    w: &[f64],
+    gain: &[f64],
+    bias: &[f64],
+    stats: (&[f64], &[f64], f64),
+    eps: f64,
+) -> Vec<Vec<f64>> {
+    let c = gain.len();
+    let rows = x.len() / c;
+    let r = rows as f64;
+    let (running_mean, running_var, momentum) = stats;
+    let mut out = vec![vec![0.0; x.len()], vec![0.0; c], vec![0.0; c], vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]];
+    for col in 0..c {
+        let column: Vec<f64> = (0..rows).map(|i| x[i * c + col]).collect();
+        let upstream: Vec<f64> = (0..rows).map(|i| w[i * c + col]).collect();
+        let mut mean = 0.0;
+        for v in &column {
+            mean += v;
+        }
+        mean /= r;
+        let mut squares = 0.0;
+        for v in &column {
+            squares += (v - mean) * (v - mean);
+        }
+        let s = (squares / r + eps).sqrt();
+        out[1][col] = (1.0 - momentum) * running_mean[col] + momentum * mean;
+        out[2][col] = (1.0 - momentum) * running_var[col] + momentum * squares / (r - 1.0); // unbiased
+        for i in 0..rows {
+            out[0][i * c + col] = gain[col] * (column[i] - mean) / s + bias[col];
+            out[4][col] += upstream[i] * (column[i] - mean) / s;
+            out[5][col] += upstream[i];
+        }
+        for j in 0..rows {
+            let mut dx = 0.0;
+            for i in 0..rows {
+                let delta = if i == j { 1.0 } else { 0.0 };
+                let dy_i_dx_j =
+                    gain[col] * ((delta - 1.0 / r) / s - (column[i] - mean) * (column[j] - mean) / (r * s * s * s));
+                dx += upstream[i] * dy_i_dx_j;
+            }
+            out[3][j * c + col] = dx;
+        }
+    }
+    out
+}
+
+/// Runs the batch-norm op (training) on `rows × c` values in `T` and compares output, running statistics
+/// and gradients with [`reference_batch_norm`] on the same values; `tol` bounds |got − want| / (1 + |want|).
+fn batch_norm_matches_plain_loops<T: peerlm::Float>(rows: usize, c: usize, seed: u64, tol: f64) {
+    let mut rng = peerlm::Rng::new(seed);
+    let to_t = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
+    // Columns with their own offset and scale, so no statistic is trivially 0 or 1.
+    let x: Vec<f64> =
+        (0..rows * c).map(|i| 0.5 + (i % c) as f64 * 0.7 + (1.0 + (i % c) as f64) * rng.normal()).collect();
+    let w: Vec<f64> = (0..rows * c).map(|_| rng.normal()).collect();
+    let gain: Vec<f64> = (0..c).map(|_| 0.5 + rng.uniform()).collect();
+    let bias: Vec<f64> = (0..c).map(|_| rng.normal()).collect();
+    let (x, w, gain, bias) = (to_t(x), to_t(w), to_t(gain), to_t(bias));
+    let mut stats = BatchNormStats {
+        mean: to_t((0..c).map(|_| rng.normal()).collect()),
+        var: to_t((0..c).map(|_| 0.5 + rng.uniform()).collect()),
+        momentum: 0.3,
+    };
+    let as_f64 = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+    let want = reference_batch_norm(
+        &as_f64(&x),
+        &as_f64(&w),
+        &as_f64(&gain),
+        &as_f64(&bias),
+        (&as_f64(&stats.mean), &as_f64(&stats.var), stats.momentum),
+        1e-5,
+    );
+
+    let xp = Param::new("x", ParamKind::Weight, Tensor::from_vec(&[rows, c], x));
+    let gp = Param::new("gain", ParamKind::NoDecay, Tensor::from_vec(&[c], gain));
+    let bp = Param::new("bias", ParamKind::NoDecay, Tensor::from_vec(&[c], bias));
+    let mut tape = Tape::new();
+    let (xv, gv, bv) = (tape.param(&xp), tape.param(&gp), tape.param(&bp));
+    let wv = tape.constant(Tensor::from_vec(&[rows, c], w));
+    let y = ops::batch_norm(&mut tape, &xv, &gv, &bv, &mut stats, true, 1e-5);
+    let weighted = ops::mul(&mut tape, &y, &wv);
+    let loss = ops::sum(&mut tape, &weighted);
+    tape.backward(&loss);
+    let grad = |p: &Param<T>| as_f64(tape.grad(p).unwrap().to_dense().data());
+    let got = [as_f64(y.value().data()), as_f64(&stats.mean), as_f64(&stats.var), grad(&xp), grad(&gp), grad(&bp)];
+    let names = ["y", "running mean", "running var", "dx", "dgain", "dbias"];
+    for ((what, g), r) in names.iter().zip(&got).zip(&want) {
+        let (worst, at) = g
+            .iter()
+            .zip(r)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .enumerate()
+            .fold((0.0, 0), |(m, at), (i, e)| if e > m { (e, i) } else { (m, at) });
+        assert!(worst <= tol, "{} {rows}×{c}, {what}[{at}]: {} vs {} (error {worst:.2e})", T::NAME, g[at], r[at]);
+    }
+}
+
+/// 600 and 513 rows are 3 chunks of the op's 256-row work items, the last one partial (513: one row).
+#[test]
+fn batch_norm_over_several_row_chunks_matches_plain_loops() {
+    for (rows, c, seed) in [(600, 5, 1), (513, 3, 2)] {
+        batch_norm_matches_plain_loops::<f64>(rows, c, seed, 1e-12);
+        batch_norm_matches_plain_loops::<f32>(rows, c, seed, 1e-5);
+    }
+}
+
+/// The finite-difference check on an input of several row chunks (the proptest in `grad_sparse.rs` stays
+/// below one chunk).
+#[test]
+fn batch_norm_training_gradient_over_several_row_chunks() {
+    for (rows, c, seed) in [(600, 5, 3), (513, 3, 4)] {
+        let x = tensor(&[rows, c], -2.0, 2.0, seed);
+        let gain = tensor(&[c], 0.5, 1.5, seed ^ 1);
+        let bias = tensor(&[c], -1.0, 1.0, seed ^ 2);
+        let check = common::Check { max_coords: 200, ..common::Check::default() };
+        common::check_gradients_with(check, &[x, gain, bias], |t, v| {
+            let mut stats = BatchNormStats::new(c, 0.1);
+            ops::batch_norm(t, &v[0], &v[1], &v[2], &mut stats, true, 1e-5)
+        })
+        .unwrap();
     }
 }

@@ -282,3 +282,52 @@ fn configs_read_from_json_with_defaults_and_reject_unknown_fields() {
     assert!(text.contains(r#""activation":"relu""#) && text.contains(r#""router":"sigmoid""#), "{text}");
     assert_eq!(serde_json::from_str::<PeerConfig>(&text).unwrap(), relu);
 }
+
+/// After a training forward, PEER's query batch-norm running statistics are exactly the momentum update
+/// toward the batch statistics of the queries, which the test computes itself from the query weights
+/// (plain loops): mean, and the unbiased variance (as PyTorch keeps it). Pooled over heads (PEER's
+/// default, 4 rows per token) and per head (PKM's way).
+#[test]
+fn a_training_forward_moves_the_query_running_statistics_by_the_momentum_update() {
+    let tokens = 80; // pooled: 320 rows of the norm, past its 256-row chunks
+    for per_head in [false, true] {
+        let config = PeerConfig { query_bn_per_head: per_head, ..peer_config() };
+        let (heads, key_dim) = (config.heads, config.key_dim);
+        let mut layer = Peer::<f64>::new(&config, "peer", &mut Rng::new(5));
+        let stats = |layer: &Peer<f64>| layer.batch_norm_stats()[0].1.clone();
+        assert_eq!(stats(&layer).momentum, 0.1, "PyTorch's default momentum");
+        // Two forwards: the second starts from running statistics that are neither 0 nor 1.
+        for seed in [1, 2] {
+            let x = Tensor::<f64>::randn(&[tokens, D], 1.0, &mut Rng::new(seed)).into_vec();
+            let old = stats(&layer);
+            let mut tape = Tape::no_grad();
+            let xv = tape.constant(Tensor::from_vec(&[tokens, D], x.clone()));
+            layer.forward(&mut tape, &xv, true);
+
+            let w = layer.router.query.weight.value.data(); // [D, heads·key_dim]
+            let out = heads * key_dim;
+            let mut queries = vec![0.0; tokens * out];
+            for t in 0..tokens {
+                for o in 0..out {
+                    for i in 0..D {
+                        queries[t * out + o] += x[t * D + i] * w[i * out + o];
+                    }
+                }
+            }
+            // The norm's channels: all h·key_dim per token, or key_dim per (token, head).
+            let width = if per_head { out } else { key_dim };
+            let rows = queries.len() / width;
+            let new = stats(&layer);
+            for c in 0..width {
+                let column: Vec<f64> = (0..rows).map(|r| queries[r * width + c]).collect();
+                let mean = column.iter().sum::<f64>() / rows as f64;
+                let var = column.iter().map(|q| (q - mean) * (q - mean)).sum::<f64>() / (rows - 1) as f64;
+                let want_mean = 0.9 * old.mean[c] + 0.1 * mean;
+                let want_var = 0.9 * old.var[c] + 0.1 * var;
+                let what = format!("per_head {per_head}, forward {seed}, channel {c}");
+                assert!((new.mean[c] - want_mean).abs() <= 1e-12, "{what}: mean {} vs {want_mean}", new.mean[c]);
+                assert!((new.var[c] - want_var).abs() <= 1e-12 * want_var, "{what}: var {} vs {want_var}", new.var[c]);
+            }
+        }
+    }
+}

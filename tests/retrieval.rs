@@ -278,3 +278,83 @@ fn batch_norm_updates_and_then_uses_running_statistics() {
     assert_close(y.value().data(), &want_eval, "evaluation output");
     assert_eq!(stats, before, "evaluation must not update the running statistics");
 }
+
+/// Product-key top-k of `query` `[rows, 2·dh]` against `keys1`, `keys2` `[n, dh]`, run in `T` on the given
+/// values: the ids and scores against the exhaustive top-k over all n² pairs, and the backward of
+/// `Σ upstream ⊙ scores` against a plain loop over the selected pairs, all computed in f64 from the same
+/// values. `tol` bounds |got − want| / (1 + |want|) for the scores and the gradients.
+fn product_keys_match_brute_force<T: Float>(
+    query: &[f64],
+    keys1: &[f64],
+    keys2: &[f64],
+    upstream: &[f64],
+    (n, dh, k): (usize, usize, usize),
+    tol: f64,
+) {
+    let rows = query.len() / (2 * dh);
+    let tensor = |shape: &[usize], v: &[f64]| Tensor::<T>::from_vec(shape, v.iter().map(|&x| T::from_f64(x)).collect());
+    // The values the op sees, back in f64 (exact), for the references.
+    let round = |v: &[f64]| v.iter().map(|&x| T::from_f64(x).to_f64()).collect::<Vec<f64>>();
+    let (q, k1, k2, up) = (round(query), round(keys1), round(keys2), round(upstream));
+    let inputs = [tensor(&[rows, 2 * dh], &q), tensor(&[n, dh], &k1), tensor(&[n, dh], &k2)];
+    let mut ids = Vec::new();
+    let (scores, grads) = value_and_grads(&inputs, &tensor(&[rows, k], &up), |t, w| {
+        let (scores, selected) = ops::product_key_topk(t, &w[0], &w[1], &w[2], k);
+        ids = selected;
+        scores
+    });
+
+    let close = |got: f64, want: f64| (got - want).abs() <= tol * (1.0 + want.abs());
+    let (mut dq, mut dk1, mut dk2) = (vec![0.0; rows * 2 * dh], vec![0.0; n * dh], vec![0.0; n * dh]);
+    for r in 0..rows {
+        let (q1, q2) = q[r * 2 * dh..(r + 1) * 2 * dh].split_at(dh);
+        let mut all = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..n {
+                let s = naive_dot(q1, &k1[i * dh..(i + 1) * dh]) + naive_dot(q2, &k2[j * dh..(j + 1) * dh]);
+                all.push((s, (i * n + j) as u32));
+            }
+        }
+        let want = &sorted_by_rank(all)[..k];
+        let want_ids: Vec<u32> = want.iter().map(|p| p.1).collect();
+        assert_eq!(&ids[r * k..(r + 1) * k], &want_ids[..], "{} row {r} of {rows}: ids", T::NAME);
+        for (s, &(want_score, id)) in want.iter().enumerate() {
+            let got = scores.data()[r * k + s].to_f64();
+            assert!(close(got, want_score), "{} row {r}, rank {s}: score {got} vs {want_score}", T::NAME);
+            // Selection (r, s) pairs K1[i] with K2[j]: its score moves with q and with those two rows only.
+            let (i, j, g) = (id as usize / n, id as usize % n, up[r * k + s]);
+            for a in 0..dh {
+                dq[r * 2 * dh + a] += g * k1[i * dh + a];
+                dq[r * 2 * dh + dh + a] += g * k2[j * dh + a];
+                dk1[i * dh + a] += g * q1[a];
+                dk2[j * dh + a] += g * q2[a];
+            }
+        }
+    }
+    for (what, grad, want) in [("dq", &grads[0], &dq), ("dK1", &grads[1], &dk1), ("dK2", &grads[2], &dk2)] {
+        let got = grad.to_dense();
+        for (e, (g, w)) in got.data().iter().zip(want.iter()).enumerate() {
+            assert!(close(g.to_f64(), *w), "{} {what}[{e}]: {} vs {w}", T::NAME, g.to_f64());
+        }
+    }
+}
+
+/// 2,500 query rows: ten blocks of the selection's 256 rows (the last partial) and two chunks of the
+/// backward's 2,048 (the second partial). The proptest above stays within one block, f64 only.
+#[test]
+fn product_key_topk_over_many_row_blocks_equals_brute_force() {
+    let (rows, n, dh, k) = (2500, 16, 4, 5);
+    let mut rng = Rng::new(11);
+    let mut draw = |len: usize, f: &mut dyn FnMut(&mut Rng) -> f64| (0..len).map(|_| f(&mut rng)).collect::<Vec<f64>>();
+    let normal = &mut |rng: &mut Rng| rng.normal();
+    let (q, k1, k2, up) =
+        (draw(rows * 2 * dh, normal), draw(n * dh, normal), draw(n * dh, normal), draw(rows * k, normal));
+    product_keys_match_brute_force::<f64>(&q, &k1, &k2, &up, (n, dh, k), 1e-12);
+    // Quarters in [-2, 2]: every score and gradient sum is exact in f32 (multiples of 1/16, far below
+    // 2²⁴), so the f32 and f64 runs must match exactly, ids included, with exact ties (frequent on this
+    // grid) broken towards the lower id.
+    let grid = &mut |rng: &mut Rng| (rng.below(17) as f64 - 8.0) / 4.0;
+    let (q, k1, k2, up) = (draw(rows * 2 * dh, grid), draw(n * dh, grid), draw(n * dh, grid), draw(rows * k, grid));
+    product_keys_match_brute_force::<f32>(&q, &k1, &k2, &up, (n, dh, k), 0.0);
+    product_keys_match_brute_force::<f64>(&q, &k1, &k2, &up, (n, dh, k), 0.0);
+}
