@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::atomic_file::AtomicFile;
+use crate::data::atomic_file;
 use crate::data::{TokenDataset, Tokenizer};
 use crate::eval::text::{self, Protocol};
 use crate::eval::{self, lambada};
@@ -320,16 +320,8 @@ impl RunSummaryFile {
     /// Writes the summary atomically.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let text = serde_json::to_string_pretty(self).expect("a summary serialises");
-        write_atomic(path, text.as_bytes())
+        atomic_file::write(path, text.as_bytes()).map_err(|e| TrainError(e.to_string()))
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let err = |e: crate::data::DataError| TrainError(format!("{}: {e}", path.display()));
-    let mut file = AtomicFile::create(path).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.commit().map_err(err)
 }
 
 /// Where a run stands on disk.
@@ -373,7 +365,7 @@ pub fn start_run(run: &PlannedRun, out: &Path) -> Result<PathBuf, TrainError> {
     let dir = run.dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError(format!("{}: {e}", dir.display())))?;
     let text = serde_json::to_string_pretty(&run.config).expect("a config serialises");
-    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    atomic_file::write(&dir.join("config.json"), text.as_bytes()).map_err(|e| TrainError(e.to_string()))?;
     Ok(dir)
 }
 

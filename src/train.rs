@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::atomic_file::AtomicFile;
+use crate::data::atomic_file;
 use crate::data::loader::{Batch, TokenDataset};
 use crate::data::{fnv, tokenizer_file, Tokenizer};
 use crate::model::{flops, memory, Gpt, ModelConfig};
@@ -592,10 +592,7 @@ fn trim_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     if kept.len() == text.len() {
         return Ok(());
     }
-    let fail = |e: crate::data::DataError| TrainError(e.to_string());
-    let mut file = AtomicFile::create(path).map_err(fail)?;
-    file.write_all(kept.as_bytes()).map_err(fail)?;
-    file.commit().map_err(fail)
+    atomic_file::write(path, kept.as_bytes()).map_err(|e| TrainError(e.to_string()))
 }
 
 /// The steps a compute budget buys for this config (see [`flops`]); an error for a budget that is not a

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::Args;
-use peerlm::data::{tokenizer_file, DocumentReader, TokenDataset};
+use peerlm::data::{tokenizer_file, DocumentReader, TokenizerId};
 use peerlm::sweep::{self, PlannedRun, RunState, RunSummaryFile, SweepData, SweepSpec};
 use peerlm::train::RunOptions;
 
-use super::{interrupt, prepare, shard_paths};
+use super::{interrupt, open_shards, prepare};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -56,7 +56,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         Some(dir) => dir.clone(),
         None => prepared_data(&spec, &out, vocab)?,
     };
-    let tokenizer = tokenizer_file::load(&data_dir.join("tokenizer.bpe"))?;
+    let tokenizer_path = data_dir.join("tokenizer.bpe");
+    let tokenizer = tokenizer_file::load(&tokenizer_path)?;
+    let id = TokenizerId::of(&tokenizer, tokenizer_path.display().to_string());
     let tokenizer_text = tokenizer_file::to_text(&tokenizer);
     let eval_sets = spec
         .eval
@@ -84,8 +86,8 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
             .into());
         }
         let seq_len = run.config.model.seq_len;
-        let train = TokenDataset::open(&shard_paths(&data_dir, "train")?, seq_len)?;
-        let valid = TokenDataset::open(&shard_paths(&data_dir, "valid")?, seq_len)?;
+        let train = open_shards(&data_dir, "train", seq_len, &id)?;
+        let valid = open_shards(&data_dir, "valid", seq_len, &id)?;
         let finished = !to_train[i];
         let left = runs.iter().zip(&to_train).skip(i).filter(|(_, &train)| train).map(|(r, _)| r.train_flops());
         let time_left = eta.seconds_left(left);

@@ -109,6 +109,13 @@ fn process_alive(pid: i32) -> bool {
     status == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// Writes `bytes` to `path` atomically: a temporary beside it, fsync, rename.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
 /// Removes the temporaries in `dir` left by writers whose process is gone (killed mid-write), and
 /// returns their paths. A missing directory holds none.
 pub fn sweep_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use super::atomic_file::AtomicFile;
+use super::atomic_file;
 use super::bpe::Tokenizer;
 use super::error::{DataError, Result};
 use super::fnv;
@@ -61,9 +61,7 @@ impl TokenizerId {
 
 /// Write `tokenizer` to `path` (atomically: a temporary file renamed into place).
 pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
-    let mut file = AtomicFile::create(path)?;
-    file.write_all(to_text(tokenizer).as_bytes())?;
-    file.commit()
+    atomic_file::write(path, to_text(tokenizer).as_bytes())
 }
 
 /// Read and validate the tokenizer file at `path`.

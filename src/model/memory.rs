@@ -112,14 +112,12 @@ fn activations_per_token(config: &ModelConfig) -> f64 {
 /// Memory to train `config` on batches of `batch_size` sequences: parameters, AdamW moments and
 /// gradients, and the activations of one step.
 pub fn training(config: &ModelConfig, batch_size: usize) -> MemoryEstimate {
-    let params = param_count(config);
-    let tokens = batch_size as f64 * config.seq_len as f64;
+    let forward = inference(config, batch_size);
     MemoryEstimate {
-        params,
-        param_bytes: params * F32,
         // Two moments and (at most) one gradient per parameter.
-        optimizer_bytes: params * 3.0 * F32,
-        activation_bytes: tokens * activations_per_token(config) * BACKWARD_FACTOR * F32,
+        optimizer_bytes: forward.params * 3.0 * F32,
+        activation_bytes: forward.activation_bytes * BACKWARD_FACTOR,
+        ..forward
     }
 }
 

@@ -8,8 +8,9 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use peerlm::data::atomic_file;
 use peerlm::study::{self, Point};
-use peerlm::sweep::{write_atomic, RunSummaryFile, SweepSpec};
+use peerlm::sweep::{RunSummaryFile, SweepSpec};
 
 mod ablations;
 mod figures;
@@ -116,11 +117,11 @@ pub fn run(args: &ReportArgs) -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut drawn = Vec::new();
     for figure in figures {
-        write_atomic(&figures_dir.join(figure.file), figure.svg.as_bytes())?;
+        atomic_file::write(&figures_dir.join(figure.file), figure.svg.as_bytes())?;
         drawn.push(figure.file);
     }
     let document = document(&study, &drawn);
-    write_atomic(&args.out, document.as_bytes())?;
+    atomic_file::write(&args.out, document.as_bytes())?;
     eprintln!(
         "wrote {} ({} runs) and {} figures in {}",
         args.out.display(),
