@@ -297,7 +297,7 @@ fn report_tables_verdicts_and_figures() {
     assert!(table1.contains("The same models (chosen on C4) on `wikitext`:"));
     assert!(table1.contains("| 3e12 | 161.00 ± 1.00 (160.00–162.00) (d128, 3 seeds) |"), "{table1}");
     assert!(table1.contains("| 1e12 | — | — | — | — |"), "{table1}");
-    assert!(table1.contains("| seeds | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
+    assert!(table1.contains("| seeds | epochs | FFW | head | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
     assert!(text.contains(&format!("peerlm sweep --spec {} --out runs/study", dir.join("specs/iso.json").display())));
 
     let tuning = section(&text, "## Tuning");

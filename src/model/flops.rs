@@ -129,12 +129,17 @@ pub fn feed_forward(config: &ModelConfig, block: usize) -> TokenFlops {
     }
 }
 
+/// The output head `d → V` (tied or not, the same product).
+pub fn output_head(config: &ModelConfig) -> TokenFlops {
+    TokenFlops::linear(config.d_model as f64, config.vocab_size as f64)
+}
+
 /// The whole decoder per token at full context: every block's attention and feed-forward layer, and the
-/// output head `d → V` (tied or not, the same product).
+/// output head.
 pub fn model(config: &ModelConfig) -> TokenFlops {
     let blocks: TokenFlops =
         (0..config.n_layers).map(|b| attention(config.d_model, config.seq_len) + feed_forward(config, b)).sum();
-    blocks + TokenFlops::linear(config.d_model as f64, config.vocab_size as f64)
+    blocks + output_head(config)
 }
 
 /// Training FLOPs per token: forward plus backward.

@@ -2,6 +2,7 @@
 //! each cell the best size on C4), every point behind it, Figure 1, and per budget the ordering of the
 //! methods and whether each gap is wider than the seed spread.
 
+use peerlm::model::flops;
 use peerlm::study::{self, BudgetBest, Comparison, Point};
 use peerlm::sweep::RunSummaryFile;
 
@@ -94,7 +95,21 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
     }
     out += &ordering(&best);
     out += &figure1(study, drawn);
-    out + "\n### Every point\n\n" + &all_points(&points, &sets)
+    out + "\n### Every point\n\n" + EVERY_POINT + &all_points(&points, &sets)
+}
+
+const EVERY_POINT: &str =
+    "`epochs`: passes over the training data. `FFW` and `head`: the shares of a training step's FLOPs \
+     (`model::flops`) spent in the feed-forward layers and in the output head; at small widths the head \
+     (`6·V·d` per token, against `O(d²)` per block) takes most of the budget, so the feed-forward kinds differ \
+     in quality far more than in cost.\n\n";
+
+/// The shares of a training step's FLOPs spent in the feed-forward layers and in the output head.
+fn flop_shares(point: &Point) -> (f64, f64) {
+    let model = &point.config.model;
+    let total = flops::model(model).train();
+    let ffw: f64 = (0..model.n_layers).map(|b| flops::feed_forward(model, b).train()).sum();
+    (ffw / total, flops::output_head(model).train() / total)
 }
 
 fn table1(best: &[BudgetBest], methods: &[String], set: &str) -> String {
@@ -196,7 +211,7 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
     let mut sorted: Vec<&Point> = points.iter().collect();
     sorted
         .sort_by(|a, b| a.budget.total_cmp(&b.budget).then(a.method().cmp(&b.method())).then(a.params.cmp(&b.params)));
-    let mut header = vec!["budget", "method", "size", "params", "seeds"];
+    let mut header = vec!["budget", "method", "size", "params", "seeds", "epochs", "FFW", "head"];
     let set_headers: Vec<String> = sets.iter().map(|s| format!("{s} ppl")).collect();
     header.extend(set_headers.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = sorted
@@ -208,6 +223,9 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
                 size(p),
                 format::count(p.params as u64),
                 p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                format!("{:.2}", p.epochs.mean),
+                format::percent(flop_shares(p).0),
+                format::percent(flop_shares(p).1),
             ];
             row.extend(
                 sets.iter().map(|s| p.perplexity(s).map_or("—".to_string(), |v| format::spread(v, format::ppl))),
