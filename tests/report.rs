@@ -163,6 +163,8 @@ fn ablation_runs() -> Vec<RunSummaryFile> {
             runs.push(run);
         }
     }
+    // A second width of dense tuning, worse than every run of the first: still the best of its own width.
+    runs.push(summary("tune-dense", &[("lr", "lr9")], 1e12, 1337, 310.0, |c| c.model.d_model /= 2));
     for (label, n, ppl) in [("n32", 1024, 150.0), ("n64", 4096, 140.0), ("n128", 16384, 135.0)] {
         runs.push(with_usage(summary("experts", &[("n", label)], 1e12, 1337, ppl, peer(n, 4, 4, Some(false))), 1.0));
     }
@@ -302,9 +304,11 @@ fn report_tables_verdicts_and_figures() {
 
     let tuning = section(&text, "## Tuning");
     assert!(tuning.contains(
-        "did not get the same number of tuning runs: `tune-dense` 3, `tune-moe` 3, `tune-pkm` 3, `tune-peer` 2"
+        "did not get the same number of tuning runs: `tune-dense` 4, `tune-moe` 3, `tune-pkm` 3, `tune-peer` 2"
     ));
     assert!(tuning.contains("| **best** | `lr2-1e12-s1337` |"), "{tuning}");
+    assert!(tuning.contains("| **best** | `lr9-1e12-s1337` | d"), "{tuning}");
+    assert_eq!(tuning.matches("**best**").count(), 5, "one per width of each grid: {tuning}");
     assert!(text.contains("Every grid of the study has summaries."));
 
     let paper = section(&text, "## Comparison with the paper");

@@ -24,7 +24,7 @@ pub fn tuning(study: &Study) -> String {
     out += &tuning_counts(study, &present);
     for grid in present {
         let mut runs = study.grid(grid);
-        runs.sort_by(|a, b| c4_ppl(a).total_cmp(&c4_ppl(b)));
+        runs.sort_by(|a, b| b.config.model.d_model.cmp(&a.config.model.d_model).then(c4_ppl(a).total_cmp(&c4_ppl(b))));
         out += &format!("\n### `{grid}`\n\n{}", tuning_table(&runs));
     }
     out
@@ -44,7 +44,8 @@ fn tuning_counts(study: &Study, present: &[&str]) -> String {
         format!("The methods did not get the same number of tuning runs: {listed}")
     };
     format!(
-        "{verdict}, at {} FLOPs. Rows are sorted by C4 validation perplexity; the best is marked.\n",
+        "{verdict}, at {} FLOPs. Rows are sorted by width, then by C4 validation perplexity; the best of each \
+         width is marked.\n",
         budgets.join(", ")
     )
 }
@@ -55,9 +56,12 @@ fn tuning_table(runs: &[&RunSummaryFile]) -> String {
         .enumerate()
         .map(|(i, run)| {
             let train = run.final_train_loss.map_or("—".to_string(), |l| format!("{l:.3}"));
+            let width = run.config.model.d_model;
+            let first_of_width = i == 0 || runs[i - 1].config.model.d_model != width;
             vec![
-                if i == 0 { "**best**".to_string() } else { String::new() },
+                if first_of_width { "**best**".to_string() } else { String::new() },
                 format!("`{}`", run.name),
+                format!("d{width}"),
                 format!("{}", run.config.train.lr),
                 format!("{}", run.config.train.table_lr),
                 format::count(run.params as u64),
@@ -67,7 +71,7 @@ fn tuning_table(runs: &[&RunSummaryFile]) -> String {
             ]
         })
         .collect();
-    table(&["", "run", "lr", "table lr", "params", "steps", "final train loss", "C4 ppl"], &rows)
+    table(&["", "run", "width", "lr", "table lr", "params", "steps", "final train loss", "C4 ppl"], &rows)
 }
 
 fn c4_ppl(run: &RunSummaryFile) -> f64 {
