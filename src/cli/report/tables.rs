@@ -98,6 +98,7 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
         out += &format!("\nThe same models (chosen on C4) on `{set}`:\n\n{}", table1(&best, &methods, set));
     }
     out += &ordering(&best);
+    out += &minima(&points, &best);
     out += &figure1(study, drawn);
     out + "\n### Every point\n\n" + EVERY_POINT + &all_points(&points, &sets)
 }
@@ -161,6 +162,32 @@ fn ordering(best: &[BudgetBest]) -> String {
         out += &format!("- **{}**: {}; {verdict}.\n", format::budget(row.budget), chain.join(" < "));
     }
     out + "\n" + &pairs(best)
+}
+
+/// Whether each curve has a visible minimum: its best size is neither the smallest nor the largest run.
+fn minima(points: &[Point], best: &[BudgetBest]) -> String {
+    let mut out = "\nWhere each curve's best size lies among the sizes run (a visible minimum needs a worse size on \
+                   either side):\n\n"
+        .to_string();
+    for row in best {
+        let methods = study::ordered_methods(row.best.keys());
+        let cells: Vec<String> = methods
+            .iter()
+            .map(|m| {
+                let point = row.best[m];
+                let (position, sizes) = study::optimum_position(points, point);
+                let place = match position {
+                    study::Optimum::Interior => "inside the range: a visible minimum".to_string(),
+                    study::Optimum::Smallest => format!("the smallest of {sizes} sizes: no visible minimum"),
+                    study::Optimum::Largest => format!("the largest of {sizes} sizes: no visible minimum"),
+                    study::Optimum::Alone => "the only size run".to_string(),
+                };
+                format!("{} {} ({place})", format::method(m), size(point))
+            })
+            .collect();
+        out += &format!("- **{}**: {}.\n", format::budget(row.budget), cells.join("; "));
+    }
+    out
 }
 
 fn pairs(best: &[BudgetBest]) -> String {
