@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::{Float, SimdVec};
+use super::{Float, Lanes, SimdVec};
 
 /// Whether `x` is NaN, without relying on a `Float::is_nan` (NaN is the only value unequal to itself).
 #[inline(always)]
