@@ -25,10 +25,8 @@
 //! - backward, with `vg = v[id]·dout[t]`: (1) `dgate = σ(z)·vg`, `dz = g·σ'(z)·vg`,
 //!   `dv[id] += g·σ(z)·dout[t]`; (2) `dx[t] += dz·u[id]`; (3) `du[id] += dz·x[t]`.
 //!
-//! Measured on the op alone (m = 128, d = 256, 2 threads, page faults excluded) against the token-order
-//! loops: N = 512², 4096 tokens: forward ~220 → ~90 ms, backward ~390 → ~200 ms; N = 1024², 1024 tokens:
-//! forward ~65 → ~46 ms, backward ~120 → ~84 ms. Grouping the ids (~15 ms at 512², 4096 tokens) was part
-//! of the old backward and now comes before the forward.
+//! The same sums in token order, as loops to read against the paper, are `kernels/peer_reference.rs`;
+//! the timings of the two orders are in docs/PERFORMANCE.md.
 //!
 //! **Determinism.** A per-token sum (`out[t]`, `dx[t]`) collects from many experts, so the table is cut
 //! into a fixed number of equal id ranges ([`EXPERT_CHUNKS`]), run in parallel, each into its own `[T, d]`
@@ -111,7 +109,7 @@ impl ExpertActivation {
 
 /// The inputs of the expert op, as flat row-major slices.
 #[derive(Clone, Copy)]
-pub struct ExpertBatch<'a, T> {
+pub(crate) struct ExpertBatch<'a, T> {
     /// Tokens `[T, d]`.
     pub x: &'a [T],
     /// Down vectors `[N, d]`.
@@ -140,7 +138,7 @@ impl<T: Float> ExpertBatch<'_, T> {
     #[inline(always)]
     fn prefetch(&self, table: &[T], g: usize) {
         if let Some(&id) = self.groups.rows.get(g) {
-            // Measured at N = 1024², 1024 tokens, where the walk skips most rows: ~5–10% faster.
+            // The walk skips most rows of a large table, so the hardware prefetcher cannot guess the next.
             prefetch_row(self.row(table, id));
         }
     }
@@ -174,7 +172,7 @@ fn split_at_bounds<'a, T>(mut buf: &'a mut [T], bounds: &[usize], width: usize) 
 }
 
 /// Forward: returns `out` `[T, d]` and the pre-activations `z` in the order of `groups.occurrences`.
-pub fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
+pub(crate) fn experts_forward<T: Float>(batch: &ExpertBatch<T>) -> (Vec<T>, Vec<T>) {
     let bounds = batch.chunk_bounds();
     let mut pre = vec![T::ZERO; batch.groups.occurrences.len()];
     let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| batch.groups.starts[g]).collect();
@@ -222,7 +220,7 @@ fn forward_chunk<T: Float>(batch: &ExpertBatch<T>, experts: Range<usize>, pre: &
 
 /// Gradients of the expert op. `du`/`dv` are coalesced: row `r` of each belongs to expert `rows[r]`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ExpertGrads<T> {
+pub(crate) struct ExpertGrads<T> {
     /// `[T, d]`.
     pub dx: Vec<T>,
     /// `[T, m]`.
@@ -246,7 +244,7 @@ struct BackwardChunk<'a, T> {
 }
 
 /// Backward from `grad_out` `[T, d]`, given the pre-activations `pre` kept by the forward.
-pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &[T]) -> ExpertGrads<T> {
+pub(crate) fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &[T]) -> ExpertGrads<T> {
     let (d, groups) = (batch.d, batch.groups);
     let bounds = batch.chunk_bounds();
     let occurrence_bounds: Vec<usize> = bounds.iter().map(|&g| groups.starts[g]).collect();
@@ -287,8 +285,8 @@ pub fn experts_backward<T: Float>(batch: &ExpertBatch<T>, pre: &[T], grad_out: &
 /// gate g, pre-activation z) of expert (u, v), with `vg = v·dout[t]`:
 /// `dgate = σ(z)·vg`, `dz = g·σ'(z)·vg`, `dx[t] += dz·u`, `du += dz·x[t]`, `dv += g·σ(z)·dout[t]`.
 /// Three walks over the chunk's experts, each with one token-side array in play: v with `dout`
-/// (everything but `dx` and `du`), u with `dx`, `du` with `x`. Measured against one walk doing it all:
-/// the backward of the op ~30% faster, as fewer random token rows compete for the cache at a time.
+/// (everything but `dx` and `du`), u with `dx`, `du` with `x`: fewer random token rows compete for the
+/// cache at a time than in one walk doing it all.
 fn backward_chunk<T: Float>(batch: &ExpertBatch<T>, grad_out: &[T], chunk: BackwardChunk<T>) -> Vec<T> {
     let (d, m, groups) = (batch.d, batch.m, batch.groups);
     flop_count::record(chunk.pre.len() * 8 * d); // per occurrence: v·dout, then dv, dx and du rows

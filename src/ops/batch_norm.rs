@@ -57,8 +57,7 @@ impl<T: Float> BatchNormStats<T> {
 }
 
 /// Rows per parallel work item. The chunks depend on the shape only, so every sum has a fixed order and
-/// results are bit-identical on any number of threads. Measured (N = 512², 4096 tokens, 32768 query rows):
-/// the single-threaded loops this replaces took ~12% of the PEER layer's step.
+/// results are bit-identical on any number of threads (timings: docs/PERFORMANCE.md, issue 17 section).
 const ROW_CHUNK: usize = 256;
 
 struct BatchNorm<T> {

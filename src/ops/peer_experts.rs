@@ -71,6 +71,9 @@ impl<T: Float> Op<T> for PeerExperts<T> {
 /// The fused PEER experts: `x` `[T, d]`, expert tables `u`, `v` `[N, d]`, `gates` `[T, m]` (softmaxed by
 /// the caller), `expert_ids` of length `T·m` (each `< N`); returns `[T, d]`. Gradients: dense for `x` and
 /// `gates`, row-sparse and coalesced for `u` and `v`. Never materialises a `[T, m, d]` tensor.
+///
+/// # Panics
+/// If the shapes do not fit together as above, or an expert id is out of range.
 pub fn peer_experts<T: Float>(
     tape: &mut Tape<T>,
     x: &Var<T>,

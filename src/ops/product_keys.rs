@@ -34,17 +34,14 @@ use crate::kernels::{flop_count, product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
-/// Query rows scored together by one GEMM and handled by one rayon task. Measured (N = 512², 32768 query
-/// rows, forward of the op): 256 rows ~10% faster than 64, as matrixmultiply re-packs the sub-key table
-/// once per product; 512 was no faster.
+/// Query rows scored together by one GEMM and handled by one rayon task: large enough that
+/// matrixmultiply's packing of the sub-key table (once per product) is spread over many rows.
 const ROW_BLOCK: usize = 256;
 
 /// Query rows per parallel work item of the backward. Each item sums its rows' share of the sub-key
 /// gradients into a private dense pair of tables (2·n·dh values, L2-sized at n = 512, dh = 128), so no
 /// row is shared between threads and nothing needs sorting; fixed, so the result does not depend on the
-/// thread count. Measured (N = 512², 32768 query rows, 2 threads): the op's backward ~185 → ~50 ms
-/// against grouping the selections by sub-key row with two sequential sorts (that figure also includes
-/// writing each fresh `dq` row before reading it, see `scale_into`).
+/// thread count. Faster than grouping the selections by sub-key row, which needs sorts.
 const GRAD_ROW_CHUNK: usize = 2048;
 
 /// Shapes of one retrieval.
@@ -206,7 +203,10 @@ impl<T: Float> Op<T> for ProductKeyScores {
 /// in `0..n²`, equal to the exhaustive top-k of `q1·K1[i] + q2·K2[j]` over all n² pairs under the ranking
 /// rule of [`crate::kernels::topk`] (ties to the lower id). The one exception is a tie *created by
 /// rounding* (`s1[i′] > s1[i]` but the rounded sums with the same `s2[j]` are equal), which has probability
-/// ~0 on real-valued data. Panics unless `1 ≤ k ≤ n` and the shapes fit.
+/// ~0 on real-valued data.
+///
+/// # Panics
+/// Unless `1 ≤ k ≤ n`, n² fits in u32 and the shapes fit as above.
 pub fn product_key_topk<T: Float>(
     tape: &mut Tape<T>,
     query: &Var<T>,
