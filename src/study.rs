@@ -135,7 +135,7 @@ pub fn retrieval_shape(config: &RunConfig) -> Option<(usize, usize, usize)> {
     let model = &config.model;
     match model.ffw {
         FfwKind::Peer => Some((model.peer.num_experts, model.peer.heads, model.peer.top_k)),
-        FfwKind::Pkm => Some((model.pkm.num_keys * model.pkm.num_keys, model.pkm.heads, model.pkm.top_k)),
+        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.heads, model.pkm.top_k)),
         FfwKind::Dense | FfwKind::Moe => None,
     }
 }

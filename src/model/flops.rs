@@ -107,7 +107,7 @@ fn product_key_router(d_model: usize, heads: usize, n: usize, k: usize, key_dim:
 /// the weights' dot products).
 pub fn pkm(config: &PkmConfig) -> TokenFlops {
     let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.num_keys, config.top_k, config.key_dim);
+    let router = product_key_router(config.d_model, config.heads, config.sub_keys, config.top_k, config.key_dim);
     router + TokenFlops { forward: 2.0 * slots * d, backward: 4.0 * slots * d }
 }
 
@@ -115,7 +115,7 @@ pub fn pkm(config: &PkmConfig) -> TokenFlops {
 /// forward, and four such d-wide passes backward (`v·dout`, `dv`, `dx`, `du`; He 2024, eq. 3).
 pub fn peer(config: &PeerConfig) -> TokenFlops {
     let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.num_sub_keys(), config.top_k, config.key_dim);
+    let router = product_key_router(config.d_model, config.heads, config.sub_keys(), config.top_k, config.key_dim);
     router + TokenFlops { forward: 4.0 * slots * d, backward: 8.0 * slots * d }
 }
 
