@@ -290,7 +290,33 @@ fn a_gap_counts_only_beyond_the_seed_spread() {
 fn report_tables_verdicts_and_figures() {
     let dir = temp("report_full");
     let summaries = dir.join("runs");
-    write_summaries(&summaries, &[isoflop_runs(), ablation_runs()].concat());
+    let fixed_lr = vec![
+        summary(
+            "isoflop-fixed-lr",
+            &[("method", "dense"), ("size", "d64")],
+            1e12,
+            1337,
+            300.0,
+            method(FfwKind::Dense, 64),
+        ),
+        summary(
+            "isoflop-fixed-lr",
+            &[("method", "dense"), ("size", "d128")],
+            1e12,
+            1337,
+            250.0,
+            method(FfwKind::Dense, 128),
+        ),
+        summary(
+            "isoflop-fixed-lr",
+            &[("method", "peer"), ("size", "d128")],
+            1e12,
+            1337,
+            260.0,
+            method(FfwKind::Peer, 128),
+        ),
+    ];
+    write_summaries(&summaries, &[isoflop_runs(), ablation_runs(), fixed_lr].concat());
     std::fs::create_dir_all(dir.join("specs")).unwrap();
     let spec = r#"{"base": {}, "grids": [{"name": "isoflop", "axes": [], "budgets": [1e12]}]}"#;
     std::fs::write(dir.join("specs/iso.json"), spec).unwrap();
@@ -312,6 +338,11 @@ fn report_tables_verdicts_and_figures() {
     assert!(table1.contains("| 1e12 | — | — | — | — |"), "{table1}");
     assert!(table1.contains("| seeds | epochs | FFW | head | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
     assert!(text.contains(&format!("peerlm sweep --spec {} --out runs/study", dir.join("specs/iso.json").display())));
+
+    let fixed_lr = section(&text, "## Table 1 with one learning rate per method at every width");
+    assert!(fixed_lr.contains("- **1e12**: dense 250.00 < PEER 260.00;"), "{fixed_lr}");
+    assert!(fixed_lr.contains("dense d128 (the largest of 2 sizes: no visible minimum)"), "{fixed_lr}");
+    assert!(!table1.contains("250.00"), "the fixed-lr grid stays out of Table 1: {table1}");
 
     let tuning = section(&text, "## Tuning");
     assert!(tuning.contains(

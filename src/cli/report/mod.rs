@@ -33,13 +33,14 @@ pub struct ReportArgs {
 }
 
 /// The grids of the study, each with the part of the report it feeds.
-const STUDY_GRIDS: [(&str, &str); 9] = [
+const STUDY_GRIDS: [(&str, &str); 10] = [
     ("tune-dense", "tuning"),
     ("tune-moe", "tuning"),
     ("tune-pkm", "tuning"),
     ("tune-peer", "tuning"),
     ("isoflop", "Table 1 and Figure 1"),
     ("isoflop-seeds", "the seed spread of Table 1"),
+    ("isoflop-fixed-lr", "Table 1 with each method's d128 learning rate at every width"),
     ("experts", "Figure 3a"),
     ("active", "Figure 3b"),
     ("bn", "Table 2"),
@@ -155,6 +156,7 @@ fn document(study: &Study, drawn: &[&str]) -> String {
         header::missing(study),
         tables::tuning(study),
         tables::isoflop(study, drawn),
+        tables::isoflop_fixed_lr(study),
         ablations::experts(study, drawn),
         ablations::active(study, drawn),
         ablations::batch_norm(study),

@@ -103,6 +103,30 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
     out + "\n### Every point\n\n" + EVERY_POINT + &all_points(&points, &sets)
 }
 
+/// The first isoFLOP grid, whose every width used the learning rates tuned at d128: kept to show how much
+/// the comparison owes to tuning the learning rate per width.
+pub fn isoflop_fixed_lr(study: &Study) -> String {
+    const GRID: [&str; 1] = ["isoflop-fixed-lr"];
+    if !study.has(GRID[0]) {
+        return String::new();
+    }
+    let points = study.points(&GRID);
+    let best = study::best_per_budget(&points, "c4");
+    let methods = study::ordered_methods(best.iter().flat_map(|b| b.best.keys()));
+    let mut out = "## Table 1 with one learning rate per method at every width
+
+"
+    .to_string();
+    out += "Grid `isoflop-fixed-lr`: the same comparison run first with each method's learning rates tuned at \
+            d128 (`## Tuning`) for every width. The tuning at d16 shows those rates far from the best at small \
+            widths, so this grid is superseded by Table 1 above; it is kept to show what the comparison owes \
+            to tuning the learning rate per width. Best size per method and budget, C4 validation perplexity:\n\n";
+    out += &table1(&best, &methods, "c4");
+    out += &ordering(&best);
+    out += &minima(&points, &best);
+    out + "\nRe-create it with:\n\n" + &study.commands_for(&GRID)
+}
+
 const EVERY_POINT: &str =
     "`epochs`: passes over the training data. `FFW` and `head`: the shares of a training step's FLOPs \
      (`model::flops`) spent in the feed-forward layers and in the output head; at small widths the head \
