@@ -336,7 +336,10 @@ fn report_tables_verdicts_and_figures() {
     assert!(table1.contains("PEER d64 (the smallest of 2 sizes: no visible minimum)."), "{table1}");
     assert!(table1.contains("| 3e12 | 161.00 ± 1.00 (160.00–162.00) (d128, 3 seeds) |"), "{table1}");
     assert!(table1.contains("| 1e12 | — | — | — | — |"), "{table1}");
-    assert!(table1.contains("| seeds | epochs | FFW | head | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
+    assert!(
+        table1.contains("| lr | table lr | seeds | epochs | FFW | head | c4 ppl | wikitext ppl | lambada ppl |"),
+        "{table1}"
+    );
     assert!(text.contains(&format!("peerlm sweep --spec {} --out runs/study", dir.join("specs/iso.json").display())));
 
     let fixed_lr = section(&text, "## Table 1 with one learning rate per method at every width");

@@ -91,6 +91,9 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
     let sets = study::ordered_sets(points.iter().flat_map(|p| p.perplexity.keys()));
     let best = study::best_per_budget(&points, "c4");
     let methods = study::ordered_methods(best.iter().flat_map(|b| b.best.keys()));
+    out += "Learning rates follow the width: each method's best of its tuning runs at d16 and at d128 \
+            (`## Tuning`), interpolated geometrically in the width between the two and extrapolated outside them \
+            (columns `lr` and `table lr` of the table of every point).\n\n";
     out += "Each cell: the size with the lowest mean C4 validation perplexity at that budget, as mean ± sample \
             standard deviation (min–max) over seeds, with the size and the seed count.\n\n";
     out += &table1(&best, &methods, "c4");
@@ -266,7 +269,7 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
     let mut sorted: Vec<&Point> = points.iter().collect();
     sorted
         .sort_by(|a, b| a.budget.total_cmp(&b.budget).then(a.method().cmp(&b.method())).then(a.params.cmp(&b.params)));
-    let mut header = vec!["budget", "method", "size", "params", "seeds", "epochs", "FFW", "head"];
+    let mut header = vec!["budget", "method", "size", "params", "lr", "table lr", "seeds", "epochs", "FFW", "head"];
     let set_headers: Vec<String> = sets.iter().map(|s| format!("{s} ppl")).collect();
     header.extend(set_headers.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = sorted
@@ -277,6 +280,8 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
                 format::method(&p.method()),
                 size(p),
                 format::count(p.params as u64),
+                format!("{}", p.config.train.lr),
+                format!("{}", p.config.train.table_lr),
                 p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
                 format!("{:.2}", p.epochs.mean),
                 format::percent(flop_shares(p).0),
