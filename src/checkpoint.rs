@@ -413,7 +413,9 @@ mod tests {
         let bytes = bytes_of(&sample());
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
-        for (from, to) in [("F32", "F16"), ("F32", "BF16"), ("[2,3]", "[3,3]"), ("\"data_offsets\":[0,", "\"data_offsets\":[4,")] {
+        for (from, to) in
+            [("F32", "F16"), ("F32", "BF16"), ("[2,3]", "[3,3]"), ("\"data_offsets\":[0,", "\"data_offsets\":[4,")]
+        {
             let bad = header.replacen(from, to, 1);
             assert_ne!(bad, header, "{from} not in the header");
             let mut file = (bad.len() as u64).to_le_bytes().to_vec();
