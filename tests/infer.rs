@@ -155,3 +155,63 @@ fn damaged_files_are_clear_errors() {
         assert!(error.contains(&format!("tensor {}: checksum mismatch", entry.name)), "{error}");
     }
 }
+
+/// The directory holding libpeerlm.so: cargo builds it beside this test's executable (in `deps/`) and
+/// copies it one level up.
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    [deps.clone(), deps.parent().unwrap().to_path_buf()]
+        .into_iter()
+        .find(|dir| dir.join("libpeerlm.so").exists())
+        .unwrap_or_else(|| panic!("no libpeerlm.so near {}", deps.display()))
+}
+
+#[test]
+fn the_c_example_generates_scores_and_reports_errors() {
+    let dir = temp_dir("c");
+    let (_, model) = files(&dir);
+    let (library, exe) = (library_dir(), dir.join("generate"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compiled = std::process::Command::new("cc")
+        .arg("-O2")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join("examples/c/generate.c"))
+        .arg(format!("-L{}", library.display()))
+        .arg(format!("-Wl,-rpath,{}", library.display()))
+        .arg("-lpeerlm")
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("cc runs");
+    assert!(compiled.status.success(), "cc: {}", String::from_utf8_lossy(&compiled.stderr));
+    let run = |model: &Path| {
+        let out = std::process::Command::new(&exe).arg(model).arg("The quick").arg("12").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stdout, stderr) = run(&model);
+    assert_eq!(status, Some(0), "stdout {stdout}\nstderr {stderr}");
+    assert!(stdout.starts_with("The quick"), "{stdout}");
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.starts_with("generated ") && summary.contains(" tokens (callback saw "), "{summary}");
+
+    let missing = dir.join("missing.safetensors");
+    let (status, _, stderr) = run(&missing);
+    assert_eq!(status, Some(1));
+    assert!(
+        stderr.starts_with(&format!("error: {}", missing.display())) && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    let truncated = dir.join("truncated.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
+    let (status, _, stderr) = run(&truncated);
+    assert_eq!(status, Some(1));
+    assert!(stderr.contains("truncated or padded"), "{stderr}");
+}

@@ -130,9 +130,14 @@ impl Model {
         &self.tokenizer
     }
 
-    /// The network itself, for scorers that drive it directly (`peerlm eval`).
+    /// The network itself, for scorers that drive it directly.
     pub fn gpt_mut(&mut self) -> &mut Gpt<f32> {
         &mut self.gpt
+    }
+
+    /// The network and its tokenizer at once (`peerlm eval` scores with both).
+    pub fn parts(&mut self) -> (&mut Gpt<f32>, &Tokenizer) {
+        (&mut self.gpt, &self.tokenizer)
     }
 
     /// Continues `prompt` with a key/value cache; `on_token` sees each new token's id and bytes as it is
