@@ -3,12 +3,13 @@
 //! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices; `vector` holds the
 //! elementwise, reduction and softmax-row loops; `topk` selects the best entries of rows; `row_groups`
 //! groups sparse table reads by row; `peer` runs the fused PEER expert loops; `flop_count` tallies the
-//! arithmetic they all execute.
+//! arithmetic they all execute; `parallel` is rayon, or its sequential stand-in without feature `parallel`.
 
 pub mod float;
 pub mod flop_count;
 pub mod gemm;
 pub mod memory;
+pub mod parallel;
 pub mod peer;
 pub mod row_groups;
 pub mod topk;

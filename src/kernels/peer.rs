@@ -42,7 +42,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::memory::{self, prefetch_row};
 use super::row_groups::RowGroups;

@@ -17,7 +17,7 @@
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::{Float, SimdVec};
 
