@@ -98,7 +98,10 @@ impl Model {
             let tensor = file.tensor(name).ok_or_else(|| in_file(&format_args!("no tensor {name}")))?;
             Ok(match options.load {
                 Load::Mapped => tensor,
-                Load::Copied => Tensor::from_vec(&tensor.shape().to_vec(), tensor.into_vec()),
+                Load::Copied => {
+                    let shape = tensor.shape().to_vec();
+                    Tensor::from_vec(&shape, tensor.into_vec())
+                }
             })
         };
         for param in gpt.params_mut() {
