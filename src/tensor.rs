@@ -35,7 +35,11 @@ enum Storage<T: Float> {
 }
 
 /// Read-only bytes that stay at one address while they live: a memory-mapped file.
-pub trait MappedBytes: Send + Sync {
+///
+/// # Safety
+/// Every call of `bytes` on one value must return the same slice (address and length), whose contents
+/// nothing changes while the value lives: tensors check bounds and alignment once, when they are made.
+pub unsafe trait MappedBytes: Send + Sync {
     fn bytes(&self) -> &[u8];
 }
 
@@ -158,9 +162,10 @@ impl<T: Float> Tensor<T> {
             Storage::Mapped { bytes, offset, len } => {
                 let start = bytes.bytes()[*offset..].as_ptr();
                 // SAFETY: `from_mapped` checked that `len` elements of T from `start` lie inside the mapping
-                // and that `start` is aligned for T; `MappedBytes` promises the bytes stay at their address
-                // while `bytes` lives, and the slice borrows `self`, which holds `bytes`; T is f32 or f64,
-                // for which every bit pattern is a value. Tested in `mapped_tensors_read_like_owned_ones`.
+                // and that `start` is aligned for T; `MappedBytes` (an unsafe trait) promises the same slice,
+                // unchanged, while `bytes` lives, and the result borrows `self`, which holds `bytes`; T is f32
+                // or f64, for which every bit pattern is a value. Tested in
+                // `mapped_tensors_read_like_owned_ones_and_copy_on_write`.
                 unsafe { std::slice::from_raw_parts(start.cast::<T>(), *len) }
             }
         }
@@ -256,7 +261,8 @@ mod tests {
     /// size for f32 in practice; `from_mapped` would refuse it otherwise).
     struct Bytes(Vec<u8>);
 
-    impl MappedBytes for Bytes {
+    // SAFETY: the vector is never changed or moved while the Arc holding it lives.
+    unsafe impl MappedBytes for Bytes {
         fn bytes(&self) -> &[u8] {
             &self.0
         }

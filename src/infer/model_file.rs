@@ -34,7 +34,9 @@ pub enum Verify {
 /// A read-only memory map of a whole model file.
 struct MappedFile(Mmap);
 
-impl MappedBytes for MappedFile {
+// SAFETY: a map stays at its address until dropped, and it is read-only: nothing in this process writes
+// it (see `ModelFile::open` on other processes).
+unsafe impl MappedBytes for MappedFile {
     fn bytes(&self) -> &[u8] {
         &self.0
     }
