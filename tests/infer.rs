@@ -215,3 +215,41 @@ fn the_c_example_generates_scores_and_reports_errors() {
     assert_eq!(status, Some(1));
     assert!(stderr.contains("truncated or padded"), "{stderr}");
 }
+
+/// A deterministic stand-in for the fuzzer (fuzz/fuzz_targets/model_file.rs), run by every `cargo test`:
+/// random byte changes in the header and the data of a valid file open or fail, never panic, and a file
+/// that opens can score text.
+#[test]
+fn mutated_files_open_or_fail_without_panicking() {
+    let dir = temp_dir("mutated");
+    let (_, path) = files(&dir);
+    let bytes = std::fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let bad = dir.join("mutated.safetensors");
+    let mut rng = peerlm::Rng::new(15);
+    let (mut opened, mut refused) = (0, 0);
+    for trial in 0..300 {
+        let mut mutated = bytes.clone();
+        for _ in 0..1 + trial % 3 {
+            // Mostly the header, where a changed digit makes another config, shape or offset.
+            let at = if rng.below(4) > 0 { rng.below(header_end as u64) } else { rng.below(bytes.len() as u64) };
+            mutated[at as usize] = match rng.below(3) {
+                0 => b"0123456789"[rng.below(10) as usize],
+                1 => mutated[at as usize] ^ (1 << rng.below(8)),
+                _ => rng.below(256) as u8,
+            };
+        }
+        std::fs::write(&bad, &mutated).unwrap();
+        match Model::open_with(&bad, &OpenOptions { verify: Verify::All, ..OpenOptions::default() }) {
+            Ok(mut model) => {
+                model.score("a");
+                opened += 1;
+            }
+            Err(e) => {
+                assert!(e.0.starts_with(&bad.display().to_string()), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 200, "only {refused} of 300 damaged files were refused ({opened} opened)");
+}
