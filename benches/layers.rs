@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Peer, PeerConfig, Router};
+use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Gate, Peer, PeerConfig};
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Param, ParamKind, Rng, Tape, Tensor, Var};
 
@@ -48,7 +48,7 @@ fn build(sub_keys: usize, rng: &mut Rng) -> Step {
         key_dim: 256,
         query_batch_norm: true,
         query_bn_per_head: false,
-        router: Router::Softmax,
+        gate: Gate::Softmax,
         activation: ExpertActivation::Gelu,
     };
     let mut peer = Peer::new(&config, "peer", rng);

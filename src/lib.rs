@@ -8,7 +8,10 @@
 //! - `nn`: layers built from ops (linear, layer norm, attention, dense FFW, MoE, PKM, PEER), each owning its
 //!   parameters; `optim`: AdamW (dense and lazy row-sparse), schedule, clipping;
 //! - `model`: the GPT decoder, its config and FLOP counter;
-//! - `train`, `eval`, `sample` (feature `io`): drive a model over data; `checkpoint` saves it; `run_dir`
+//! - `gradcheck`: the f64 finite-difference check of an op's backward, for the engine's ops and yours;
+//! - `rng`: the seeded random numbers of initialisation, dropout and sampling;
+//! - `sample`: next-token sampling from logits;
+//! - `train`, `eval` (feature `io`): drive a model over data; `checkpoint` saves it; `run_dir`
 //!   owns a run's output directory; `sweep` runs grids of training runs (the paper's isoFLOP comparison and
 //!   ablations); `study` turns their summaries into the report's numbers (seed means and spreads, best size
 //!   per budget);
@@ -17,7 +20,9 @@
 //! - `data` (feature `io`): C4 reader (feature `c4`), BPE tokenizer, token shards and the training-window
 //!   loader, beside the engine rather than on top of it.
 //!
-//! See `docs/ARCHITECTURE.md` for the map of the whole project.
+//! See `docs/ARCHITECTURE.md` for the map of the whole project and `docs/TOUR.md` for a guided reading.
+
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "io")]
 pub mod checkpoint;
@@ -28,6 +33,7 @@ pub mod eval;
 #[cfg(feature = "infer")]
 pub mod ffi;
 pub mod grad;
+pub mod gradcheck;
 #[cfg(feature = "infer")]
 pub mod infer;
 pub mod kernels;

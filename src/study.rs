@@ -135,7 +135,7 @@ pub fn retrieval_shape(config: &RunConfig) -> Option<(usize, usize, usize)> {
     let model = &config.model;
     match model.ffw {
         FfwKind::Peer => Some((model.peer.num_experts, model.peer.heads, model.peer.top_k)),
-        FfwKind::Pkm => Some((model.pkm.num_keys * model.pkm.num_keys, model.pkm.heads, model.pkm.top_k)),
+        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.heads, model.pkm.top_k)),
         FfwKind::Dense | FfwKind::Moe => None,
     }
 }
@@ -250,6 +250,33 @@ pub fn best_per_budget<'a>(points: &'a [Point], set: &str) -> Vec<BudgetBest<'a>
             BudgetBest { budget, best }
         })
         .collect()
+}
+
+/// Where a method's best point lies among the sizes run at its budget: a curve has a visible minimum
+/// only if the best is neither its smallest nor its largest model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimum {
+    Interior,
+    Smallest,
+    Largest,
+    /// One size only: no curve.
+    Alone,
+}
+
+/// Where `best` lies by parameter count among the points of its method and budget in `points`, and how many
+/// sizes there are.
+pub fn optimum_position(points: &[Point], best: &Point) -> (Optimum, usize) {
+    let curve: Vec<usize> =
+        points.iter().filter(|p| p.budget == best.budget && p.method() == best.method()).map(|p| p.params).collect();
+    let smaller = curve.iter().filter(|&&params| params < best.params).count();
+    let larger = curve.iter().filter(|&&params| params > best.params).count();
+    let position = match (smaller, larger) {
+        (0, 0) => Optimum::Alone,
+        (0, _) => Optimum::Smallest,
+        (_, 0) => Optimum::Largest,
+        _ => Optimum::Interior,
+    };
+    (position, curve.len())
 }
 
 /// How two points' means compare, measured against how much their seeds scatter.

@@ -297,9 +297,10 @@ pub struct RunSummaryFile {
     /// Tokens of the training set, and how many passes over it the run made.
     pub train_set_tokens: u64,
     pub epochs: f64,
-    /// Loss of the last step, if that step ran in the sitting that finished the run.
+    /// Loss of the last step (none if it is not on record).
     pub final_train_loss: Option<f64>,
-    /// Wall-clock seconds of training in the sitting that finished the run, and its throughput.
+    /// Wall-clock seconds spent in training steps over every sitting of the run, and its throughput
+    /// (steps written by a peerlm that did not record their time count as 0 seconds).
     pub train_seconds: f64,
     pub tokens_per_second: f64,
     /// Held-out sets by name (`c4` is the C4 validation split).
@@ -460,9 +461,7 @@ fn train_run(
     };
     trainer.set_tokenizer(data.tokenizer_text.to_string());
     let options = RunOptions { out_dir: dir.clone(), ..*options };
-    let started = std::time::Instant::now();
     let trained = train::run(&mut trainer, data.train, Some(data.valid), &options)?;
-    let seconds = started.elapsed().as_secs_f64();
     if trained.steps < run.config.train.steps {
         return Err(TrainError(format!(
             "run {} stopped at step {} of {}, with a checkpoint; run the sweep again to continue it",
@@ -486,8 +485,8 @@ fn train_run(
         train_set_tokens: data.train.token_count(),
         epochs: train_tokens / data.train.token_count().max(1) as f64,
         final_train_loss: trained.final_train_loss.is_finite().then_some(trained.final_train_loss),
-        train_seconds: seconds,
-        tokens_per_second: trained.tokens_per_second,
+        train_seconds: trained.train_seconds,
+        tokens_per_second: if trained.train_seconds > 0.0 { train_tokens / trained.train_seconds } else { 0.0 },
         eval: BTreeMap::new(),
         usage: Vec::new(),
         machine: machine(),

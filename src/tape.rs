@@ -120,12 +120,24 @@ impl<T: Float> Tape<T> {
     }
 
     /// Runs `op` forward on `inputs` and, if any input is tracked, records it for `backward`.
-    pub fn apply(&mut self, mut op: impl Op<T> + 'static, inputs: &[&Var<T>]) -> Var<T> {
+    pub fn apply(&mut self, op: impl Op<T> + 'static, inputs: &[&Var<T>]) -> Var<T> {
+        self.apply_then(op, inputs, |_| ()).0
+    }
+
+    /// [`Tape::apply`], handing the op to `read` after its forward and before the tape keeps it: for an
+    /// op whose forward finds more than its output (the ids a top-k selected, a batch's statistics).
+    pub fn apply_then<O: Op<T> + 'static, R>(
+        &mut self,
+        mut op: O,
+        inputs: &[&Var<T>],
+        read: impl FnOnce(&mut O) -> R,
+    ) -> (Var<T>, R) {
         let values: Vec<&Tensor<T>> = inputs.iter().map(|v| &v.value).collect();
         let value = op.forward(&values);
+        let extra = read(&mut op);
         let tracked = self.recording && inputs.iter().any(|v| v.tracked());
         if !tracked {
-            return Var { node: None, value };
+            return (Var { node: None, value }, extra);
         }
         let kind = NodeKind::Op {
             op: Box::new(op),
@@ -133,7 +145,7 @@ impl<T: Float> Tape<T> {
             input_values: inputs.iter().map(|v| v.value.clone()).collect(),
         };
         self.nodes.push(Node { kind, value: value.clone() });
-        Var { node: Some(self.nodes.len() - 1), value }
+        (Var { node: Some(self.nodes.len() - 1), value }, extra)
     }
 
     /// Back-propagates from a scalar `loss`; parameter gradients are then readable with [`Tape::grad`].

@@ -461,10 +461,15 @@ impl RunOptions {
 #[derive(Clone, Debug)]
 pub struct RunSummary {
     pub steps: u64,
-    /// The loss of the last step taken; NaN if the run took none.
+    /// The loss of the last step: of this process, or of the step it resumed at (read back from
+    /// `metrics.jsonl`); NaN if no step was ever taken.
     pub final_train_loss: f64,
     pub final_valid_loss: Option<f64>,
+    /// Training throughput of this process (0 if it took no step).
     pub tokens_per_second: f64,
+    /// Seconds spent in training steps since step 0, over every process that trained the run (read back from
+    /// `metrics.jsonl` on resume; lines written before the field existed count as 0).
+    pub train_seconds: f64,
     pub checkpoint: PathBuf,
     /// The run stopped because [`RunOptions::stop`] was set.
     pub interrupted: bool,
@@ -484,7 +489,7 @@ pub fn run(
     std::fs::create_dir_all(&options.out_dir).map_err(|e| io_err(&options.out_dir.display().to_string(), e))?;
     let metrics_path = options.out_dir.join("metrics.jsonl");
     let checkpoint_path = options.out_dir.join("checkpoint.safetensors");
-    trim_metrics(&metrics_path, trainer.step_count())?;
+    let resumed = trim_metrics(&metrics_path, trainer.step_count())?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -494,7 +499,7 @@ pub fn run(
     let tokens_per_step = t.batch_size * trainer.config.model.seq_len;
     let started = Instant::now();
     let first_step = trainer.step_count();
-    let mut last = StepStats { loss: f64::NAN, grad_norm: 0.0, lr: 0.0 };
+    let mut last = StepStats { loss: resumed.loss, grad_norm: 0.0, lr: 0.0 };
     let mut valid_loss = None;
     let tty = std::io::stderr().is_terminal();
     let end = options.stop_at.map_or(t.steps, |stop_at| stop_at.min(t.steps));
@@ -512,12 +517,13 @@ pub fn run(
         let elapsed = started.elapsed().as_secs_f64();
         let tokens_per_second = ((step - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9);
         let line = format!(
-            "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{:.3e},\"tokens_per_s\":{}}}",
+            "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{:.3e},\"tokens_per_s\":{},\"seconds\":{}}}",
             json_number(last.loss, 5),
             json_number(last.grad_norm, 4),
             // Finite: validation refuses a learning rate that is not, and the schedule scales it by at most 1.
             last.lr,
-            json_number(tokens_per_second, 0)
+            json_number(tokens_per_second, 0),
+            json_number(resumed.seconds + elapsed, 3)
         );
         writeln!(metrics, "{line}").map_err(|e| io_err("metrics.jsonl", e))?;
         let done = step == t.steps;
@@ -546,11 +552,13 @@ pub fn run(
         eprintln!();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let steps_here = trainer.step_count() - first_step;
     Ok(RunSummary {
         steps: trainer.step_count(),
         final_train_loss: last.loss,
         final_valid_loss: valid_loss,
-        tokens_per_second: ((trainer.step_count() - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9),
+        tokens_per_second: if steps_here == 0 { 0.0 } else { (steps_here as usize * tokens_per_step) as f64 / elapsed },
+        train_seconds: resumed.seconds + if steps_here == 0 { 0.0 } else { elapsed },
         checkpoint: checkpoint_path,
         interrupted,
     })
@@ -575,24 +583,40 @@ fn last_good(checkpoint: &Path) -> String {
     }
 }
 
-/// Drops the lines of `metrics.jsonl` for steps after `step` (and a line torn by a kill), atomically.
-fn trim_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+/// What `metrics.jsonl` says of the step a run resumes at: its training loss and the training seconds
+/// spent up to it (NaN and 0 for a fresh run).
+struct ResumedStep {
+    loss: f64,
+    seconds: f64,
+}
+
+/// Drops the lines of `metrics.jsonl` for steps after `step` (and a line torn by a kill), atomically, and
+/// reads back the training line of `step` itself.
+fn trim_metrics(path: &Path, step: u64) -> Result<ResumedStep, TrainError> {
+    let mut resumed = ResumedStep { loss: f64::NAN, seconds: 0.0 };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(resumed),
         Err(e) => return Err(TrainError(format!("{}: {e}", path.display()))),
     };
-    let keep = |line: &str| {
-        serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-            .is_some_and(|s| s <= step)
-    };
-    let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && keep(l)).collect();
-    if kept.len() == text.len() {
-        return Ok(());
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(line_step) = value.get("step").and_then(serde_json::Value::as_u64).filter(|&s| s <= step) else {
+            continue;
+        };
+        kept.push_str(line);
+        if line_step == step {
+            if let Some(loss) = value.get("loss").and_then(serde_json::Value::as_f64) {
+                resumed.loss = loss;
+                resumed.seconds = value.get("seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+            }
+        }
     }
-    atomic_file::write(path, kept.as_bytes()).map_err(|e| TrainError(e.to_string()))
+    if kept.len() != text.len() {
+        atomic_file::write(path, kept.as_bytes()).map_err(|e| TrainError(e.to_string()))?;
+    }
+    Ok(resumed)
 }
 
 /// The steps a compute budget buys for this config (see [`flops`]); an error for a budget that is not a

@@ -59,13 +59,13 @@ fn peer_config() -> PeerConfig {
         key_dim: 32,
         query_batch_norm: true,
         query_bn_per_head: false,
-        router: peerlm::nn::Router::Softmax,
+        gate: peerlm::nn::Gate::Softmax,
         activation: ExpertActivation::Gelu,
     }
 }
 
 fn pkm_config() -> PkmConfig {
-    PkmConfig { d_model: D, num_keys: 64, heads: 4, top_k: 8, key_dim: 32, query_batch_norm: true }
+    PkmConfig { d_model: D, sub_keys: 64, heads: 4, top_k: 8, key_dim: 32, query_batch_norm: true }
 }
 
 fn moe_config(routing: Routing) -> MoeConfig {

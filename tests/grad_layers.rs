@@ -12,7 +12,7 @@ mod common;
 
 use common::{check_gradients, tensor};
 use peerlm::nn::{
-    DenseFfw, DenseFfwConfig, FfwOut, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Router, Routing,
+    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Grad, Param, ParamKind, Rng, Tape, Tensor, Var};
@@ -170,7 +170,7 @@ fn moe_expert_choice_gradients() {
 #[test]
 fn pkm_gradients() {
     for query_batch_norm in [true, false] {
-        let config = PkmConfig { d_model: 6, num_keys: 3, heads: 2, top_k: 2, key_dim: 4, query_batch_norm };
+        let config = PkmConfig { d_model: 6, sub_keys: 3, heads: 2, top_k: 2, key_dim: 4, query_batch_norm };
         let mut layer = Pkm::<f64>::new(&config, "pkm", &mut Rng::new(7));
         check_layer(&mut layer, |l, t, x| l.forward(t, x, true), input(5, 6, 8));
     }
@@ -179,12 +179,12 @@ fn pkm_gradients() {
 #[test]
 fn peer_gradients() {
     let variants = [
-        (true, false, Router::Softmax, ExpertActivation::Gelu),
-        (false, false, Router::Sigmoid, ExpertActivation::Relu),
-        (true, false, Router::Sigmoid, ExpertActivation::Gelu),
-        (true, true, Router::Softmax, ExpertActivation::Gelu),
+        (true, false, Gate::Softmax, ExpertActivation::Gelu),
+        (false, false, Gate::Sigmoid, ExpertActivation::Relu),
+        (true, false, Gate::Sigmoid, ExpertActivation::Gelu),
+        (true, true, Gate::Softmax, ExpertActivation::Gelu),
     ];
-    for (seed, (query_batch_norm, query_bn_per_head, router, activation)) in variants.into_iter().enumerate() {
+    for (seed, (query_batch_norm, query_bn_per_head, gate, activation)) in variants.into_iter().enumerate() {
         let config = PeerConfig {
             d_model: 6,
             num_experts: 16,
@@ -193,7 +193,7 @@ fn peer_gradients() {
             key_dim: 4,
             query_batch_norm,
             query_bn_per_head,
-            router,
+            gate,
             activation,
         };
         let mut layer = Peer::<f64>::new(&config, "peer", &mut Rng::new(9 + seed as u64));

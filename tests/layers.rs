@@ -3,7 +3,7 @@
 //! configuration errors that name the bad field.
 
 use peerlm::nn::{
-    DenseFfw, DenseFfwConfig, FfwOut, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Router, Routing,
+    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Grad, Rng, Tape, Tensor, Var};
@@ -38,13 +38,13 @@ fn peer_config() -> PeerConfig {
         key_dim: 16,
         query_batch_norm: true,
         query_bn_per_head: false,
-        router: Router::Softmax,
+        gate: Gate::Softmax,
         activation: ExpertActivation::Gelu,
     }
 }
 
 fn pkm_config() -> PkmConfig {
-    PkmConfig { d_model: D, num_keys: 16, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true }
+    PkmConfig { d_model: D, sub_keys: 16, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true }
 }
 
 fn moe_config(routing: Routing) -> MoeConfig {
@@ -277,7 +277,7 @@ fn configs_read_from_json_with_defaults_and_reject_unknown_fields() {
     let moe: MoeConfig =
         serde_json::from_str(r#"{"d_model": 32, "num_experts": 4, "d_expert": 24, "top_k": 2}"#).unwrap();
     assert_eq!((moe.routing, moe.capacity_factor, moe.aux_loss_weight), (Routing::ExpertChoice, 1.0, 0.01));
-    let relu = PeerConfig { activation: ExpertActivation::Relu, router: Router::Sigmoid, ..peer_config() };
+    let relu = PeerConfig { activation: ExpertActivation::Relu, gate: Gate::Sigmoid, ..peer_config() };
     let text = serde_json::to_string(&relu).unwrap();
     assert!(text.contains(r#""activation":"relu""#) && text.contains(r#""router":"sigmoid""#), "{text}");
     assert_eq!(serde_json::from_str::<PeerConfig>(&text).unwrap(), relu);

@@ -16,7 +16,7 @@ fn small(ffw: FfwKind) -> ModelConfig {
     };
     config.dense.d_ff = 24;
     (config.moe.num_experts, config.moe.d_expert, config.moe.top_k) = (3, 8, 2);
-    (config.pkm.num_keys, config.pkm.heads, config.pkm.top_k, config.pkm.key_dim) = (5, 2, 3, 6);
+    (config.pkm.sub_keys, config.pkm.heads, config.pkm.top_k, config.pkm.key_dim) = (5, 2, 3, 6);
     (config.peer.num_experts, config.peer.heads, config.peer.top_k, config.peer.key_dim) = (49, 3, 2, 10);
     config.propagate_d_model();
     config

@@ -24,7 +24,7 @@ fn tiny_with(ffw: FfwKind, positions: Positions) -> ModelConfig {
     config.moe.num_experts = 4;
     config.moe.d_expert = 8;
     config.moe.top_k = 2;
-    config.pkm.num_keys = 4;
+    config.pkm.sub_keys = 4;
     config.pkm.heads = 2;
     config.pkm.top_k = 2;
     config.pkm.key_dim = 8;

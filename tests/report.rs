@@ -133,6 +133,15 @@ fn isoflop_base_runs() -> Vec<RunSummaryFile> {
         ));
         runs.push(summary("isoflop", &[("method", ffw_name(ffw)), ("size", "d64")], 1e12, 1337, d64, method(ffw, 64)));
     }
+    // A wider dense model, worse than d128: the dense curve at 1e12 has its minimum inside.
+    runs.push(summary(
+        "isoflop",
+        &[("method", "dense"), ("size", "d256")],
+        1e12,
+        1337,
+        260.0,
+        method(FfwKind::Dense, 256),
+    ));
     runs
 }
 
@@ -163,6 +172,8 @@ fn ablation_runs() -> Vec<RunSummaryFile> {
             runs.push(run);
         }
     }
+    // A second width of dense tuning, worse than every run of the first: still the best of its own width.
+    runs.push(summary("tune-dense", &[("lr", "lr9")], 1e12, 1337, 310.0, |c| c.model.d_model /= 2));
     for (label, n, ppl) in [("n32", 1024, 150.0), ("n64", 4096, 140.0), ("n128", 16384, 135.0)] {
         runs.push(with_usage(summary("experts", &[("n", label)], 1e12, 1337, ppl, peer(n, 4, 4, Some(false))), 1.0));
     }
@@ -234,8 +245,8 @@ fn runs_differing_only_in_seed_are_one_point() {
     let runs = isoflop_runs();
     let refs: Vec<&RunSummaryFile> = runs.iter().collect();
     let points = study::aggregate(&refs);
-    // 4 methods × 2 sizes × 2 budgets; the seeds of 3e12 fold into their points.
-    assert_eq!(points.len(), 16);
+    // 4 methods × 2 sizes × 2 budgets, and a third dense size at 1e12; the seeds of 3e12 fold into their points.
+    assert_eq!(points.len(), 17);
     let peer = points.iter().find(|p| p.budget == 3e12 && p.method() == "peer" && p.label("size") == "d128").unwrap();
     assert_eq!(peer.seeds, vec![1337, 1, 2]);
     assert_eq!(peer.runs[1], "isoflop-seeds/peer-d128-3e12-s1");
@@ -295,16 +306,20 @@ fn report_tables_verdicts_and_figures() {
     assert!(table1.contains("| 3e12 | PKM vs PEER | -7.00 | 8.00 | within seed spread |"), "{table1}");
     assert!(table1.contains("| 1e12 | dense vs PEER | -2.00 | unknown | PEER lower; seed spread unknown (one seed) |"));
     assert!(table1.contains("The same models (chosen on C4) on `wikitext`:"));
+    assert!(table1.contains("- **1e12**: dense d128 (inside the range: a visible minimum); MoE d128 (the largest of 2 sizes: no visible minimum)"), "{table1}");
+    assert!(table1.contains("PEER d64 (the smallest of 2 sizes: no visible minimum)."), "{table1}");
     assert!(table1.contains("| 3e12 | 161.00 ± 1.00 (160.00–162.00) (d128, 3 seeds) |"), "{table1}");
     assert!(table1.contains("| 1e12 | — | — | — | — |"), "{table1}");
-    assert!(table1.contains("| seeds | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
+    assert!(table1.contains("| seeds | epochs | FFW | head | c4 ppl | wikitext ppl | lambada ppl |"), "{table1}");
     assert!(text.contains(&format!("peerlm sweep --spec {} --out runs/study", dir.join("specs/iso.json").display())));
 
     let tuning = section(&text, "## Tuning");
     assert!(tuning.contains(
-        "did not get the same number of tuning runs: `tune-dense` 3, `tune-moe` 3, `tune-pkm` 3, `tune-peer` 2"
+        "did not get the same number of tuning runs: `tune-dense` 4, `tune-moe` 3, `tune-pkm` 3, `tune-peer` 2"
     ));
     assert!(tuning.contains("| **best** | `lr2-1e12-s1337` |"), "{tuning}");
+    assert!(tuning.contains("| **best** | `lr9-1e12-s1337` | d"), "{tuning}");
+    assert_eq!(tuning.matches("**best**").count(), 5, "one per width of each grid: {tuning}");
     assert!(text.contains("Every grid of the study has summaries."));
 
     let paper = section(&text, "## Comparison with the paper");

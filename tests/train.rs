@@ -255,10 +255,10 @@ fn a_run_stopped_by_its_flag_or_stop_at_checkpoints_and_resumes_without_repeatin
     let run_dir = dir.join("run");
     let path = run_dir.join("checkpoint.safetensors");
     let mut trainer = Trainer::new(config()).unwrap();
-    let summary =
+    let at_step_25 =
         train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { stop_at: Some(25), ..quiet(&run_dir) })
             .unwrap();
-    assert_eq!((summary.steps, summary.interrupted), (25, false));
+    assert_eq!((at_step_25.steps, at_step_25.interrupted), (25, false));
     let at_25 = std::fs::read(&path).unwrap();
     // Steps 26..=30 are trained and logged, then the process dies before its next checkpoint.
     train::run(&mut trainer, &train_data, Some(&valid_data), &RunOptions { stop_at: Some(30), ..quiet(&run_dir) })
@@ -269,6 +269,9 @@ fn a_run_stopped_by_its_flag_or_stop_at_checkpoints_and_resumes_without_repeatin
     let interrupted = RunOptions { stop: Some(&STOP), ..quiet(&run_dir) };
     let summary = train::run(&mut resumed, &train_data, Some(&valid_data), &interrupted).unwrap();
     assert!(summary.interrupted && summary.steps == 25, "{summary:?}");
+    // A sitting that takes no step still reports the run's last loss and its training time, from the metrics.
+    assert!((summary.final_train_loss - at_step_25.final_train_loss).abs() < 1e-5, "{summary:?}");
+    assert!(summary.train_seconds > 0.0 && summary.train_seconds <= at_step_25.train_seconds, "{summary:?}");
     assert_eq!(Trainer::from_checkpoint(Checkpoint::load(&path).unwrap()).unwrap().step_count(), 25);
     assert_eq!(metric_steps(&run_dir), (1..=25).collect::<Vec<_>>(), "each step once, none past the checkpoint");
 }

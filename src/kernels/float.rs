@@ -2,7 +2,7 @@
 //!
 //! The engine is generic over [`Float`] so that the very same forward and backward code can run in double
 //! precision, where central finite differences are accurate to ~1e-8 and a wrong backward cannot hide
-//! behind rounding noise (see `tests/gradcheck`). Each type also names its SIMD vector from `wide`
+//! behind rounding noise (see [`crate::gradcheck`]). Each type also names its SIMD vector from `wide`
 //! (16 lanes of f32 or 8 of f64: one AVX-512 register) and its GEMM from `matrixmultiply`, so kernels
 //! written once over `Float` compile to the right instructions for both.
 
@@ -10,28 +10,46 @@ use std::fmt::{Debug, Display};
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-/// Arithmetic on a SIMD vector of [`Float`]s; implemented by `wide::f32x16` and `wide::f64x8`.
-pub trait SimdVec<T>:
-    Copy
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + Send
-    + Sync
+/// The widest SIMD vector of any [`Float`] (f32x16), in lanes: a stack buffer this long holds one
+/// vector's lanes.
+pub(crate) const MAX_LANES: usize = 16;
+
+/// Plain arithmetic, shared by a [`Float`] and its SIMD vector.
+pub trait Arith:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
 {
+}
+
+impl<V> Arith for V where
+    V: Copy + Add<Output = V> + Sub<Output = V> + Mul<Output = V> + Div<Output = V> + Neg<Output = V>
+{
+}
+
+/// What a formula needs from a value that is either one float `T` or a SIMD vector of them: a formula
+/// written once over `V: Lanes<T>` serves both the SIMD body of a loop and its scalar tail.
+pub trait Lanes<T>: Arith {
+    /// The value with every lane `x`.
     fn splat(x: T) -> Self;
-    /// Loads the first `LANES` elements of `src` (panics if shorter).
-    fn load(src: &[T]) -> Self;
-    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
-    fn store(self, dst: &mut [T]);
-    /// `self * a + b`, fused where the CPU has FMA.
+    /// `self * a + b`: one fused instruction on a SIMD vector (where the CPU has FMA); on a scalar a
+    /// multiply, then an add (how the scalar tails have always computed it: a fused scalar multiply-add
+    /// is a slow library call without FMA code generation).
     fn mul_add(self, a: Self, b: Self) -> Self;
     fn max(self, other: Self) -> Self;
     fn sqrt(self) -> Self;
     fn exp(self) -> Self;
     fn tanh(self) -> Self;
+    /// `f` on every lane, for a function with no SIMD form (`ln`, `erf`).
+    fn map_lanes(self, f: impl Fn(T) -> T) -> Self;
+    /// `f` on every pair of lanes of `self` and `other` (a comparison, say).
+    fn zip_lanes(self, other: Self, f: impl Fn(T, T) -> T) -> Self;
+}
+
+/// A SIMD vector of [`Float`]s; implemented by `wide::f32x16` and `wide::f64x8`.
+pub trait SimdVec<T>: Lanes<T> + Send + Sync {
+    /// Loads the first `LANES` elements of `src` (panics if shorter).
+    fn load(src: &[T]) -> Self;
+    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
+    fn store(self, dst: &mut [T]);
     /// Sum of the lanes.
     fn reduce_add(self) -> T;
     /// Largest lane.
@@ -60,6 +78,7 @@ pub trait Float:
     + MulAssign
     + DivAssign
     + Sum
+    + Lanes<Self>
 {
     /// The SIMD vector holding `LANES` of these.
     type Simd: SimdVec<Self>;
@@ -75,13 +94,9 @@ pub trait Float:
     fn from_usize(n: usize) -> Self {
         Self::from_f64(n as f64)
     }
-    fn exp(self) -> Self;
     fn ln(self) -> Self;
-    fn sqrt(self) -> Self;
-    fn tanh(self) -> Self;
     fn erf(self) -> Self;
     fn abs(self) -> Self;
-    fn max(self, other: Self) -> Self;
     fn is_finite(self) -> bool;
 
     /// `c = alpha * a·b + beta * c` for an m×k `a` and k×n `b`, each given by its row and column strides
@@ -108,19 +123,10 @@ pub trait Float:
 
 macro_rules! impl_float {
     ($t:ident, $simd:ident, $lanes:expr, $gemm:ident, $erf:path) => {
-        impl SimdVec<$t> for wide::$simd {
+        impl Lanes<$t> for wide::$simd {
             #[inline(always)]
             fn splat(x: $t) -> Self {
                 wide::$simd::splat(x)
-            }
-            #[inline(always)]
-            fn load(src: &[$t]) -> Self {
-                let lanes: [$t; $lanes] = src[..$lanes].try_into().unwrap();
-                wide::$simd::new(lanes)
-            }
-            #[inline(always)]
-            fn store(self, dst: &mut [$t]) {
-                dst[..$lanes].copy_from_slice(self.as_array());
             }
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
@@ -143,6 +149,27 @@ macro_rules! impl_float {
                 wide::$simd::tanh(self)
             }
             #[inline(always)]
+            fn map_lanes(self, f: impl Fn($t) -> $t) -> Self {
+                wide::$simd::new(self.to_array().map(f))
+            }
+            #[inline(always)]
+            fn zip_lanes(self, other: Self, f: impl Fn($t, $t) -> $t) -> Self {
+                let (a, b) = (self.to_array(), other.to_array());
+                wide::$simd::new(std::array::from_fn(|i| f(a[i], b[i])))
+            }
+        }
+
+        impl SimdVec<$t> for wide::$simd {
+            #[inline(always)]
+            fn load(src: &[$t]) -> Self {
+                let lanes: [$t; $lanes] = src[..$lanes].try_into().unwrap();
+                wide::$simd::new(lanes)
+            }
+            #[inline(always)]
+            fn store(self, dst: &mut [$t]) {
+                dst[..$lanes].copy_from_slice(self.as_array());
+            }
+            #[inline(always)]
             fn reduce_add(self) -> $t {
                 wide::$simd::reduce_add(self)
             }
@@ -153,6 +180,41 @@ macro_rules! impl_float {
             #[inline(always)]
             fn gt_mask(self, other: Self) -> u32 {
                 wide::$simd::simd_gt(self, other).to_bitmask()
+            }
+        }
+
+        impl Lanes<$t> for $t {
+            #[inline(always)]
+            fn splat(x: $t) -> Self {
+                x
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                self * a + b
+            }
+            #[inline(always)]
+            fn max(self, other: Self) -> Self {
+                $t::max(self, other)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $t::exp(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                $t::tanh(self)
+            }
+            #[inline(always)]
+            fn map_lanes(self, f: impl Fn($t) -> $t) -> Self {
+                f(self)
+            }
+            #[inline(always)]
+            fn zip_lanes(self, other: Self, f: impl Fn($t, $t) -> $t) -> Self {
+                f(self, other)
             }
         }
 
@@ -173,20 +235,8 @@ macro_rules! impl_float {
                 self as f64
             }
             #[inline(always)]
-            fn exp(self) -> Self {
-                $t::exp(self)
-            }
-            #[inline(always)]
             fn ln(self) -> Self {
                 $t::ln(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                $t::sqrt(self)
-            }
-            #[inline(always)]
-            fn tanh(self) -> Self {
-                $t::tanh(self)
             }
             #[inline(always)]
             fn erf(self) -> Self {
@@ -195,10 +245,6 @@ macro_rules! impl_float {
             #[inline(always)]
             fn abs(self) -> Self {
                 $t::abs(self)
-            }
-            #[inline(always)]
-            fn max(self, other: Self) -> Self {
-                $t::max(self, other)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {

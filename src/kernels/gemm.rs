@@ -21,9 +21,9 @@ use super::{flop_count, memory, Float};
 
 /// Below this many flops (2·m·n·k) a block is not worth a rayon task (~0.03 ms of one core).
 const MIN_TASK_FLOPS: usize = 4 << 20;
-/// At most this many blocks per product: one per core of a 2-core machine. Measured on the LM shapes
-/// (docs/PERFORMANCE.md): 4 blocks ran at 77–96 GFLOP/s, 2 blocks at 115–125, because every extra block
-/// re-packs the shared operand and shrinks the panels matrixmultiply's kernel streams through.
+/// At most this many blocks per product: one per core of a 2-core machine. More blocks are slower
+/// (docs/PERFORMANCE.md): every extra block re-packs the shared operand and shrinks the panels
+/// matrixmultiply's kernel streams through.
 const MAX_BLOCKS: usize = 2;
 /// Block edges fall on multiples of this, so blocks hold whole micro-kernel tiles.
 const BLOCK_ALIGN: usize = 32;

@@ -15,7 +15,7 @@
 
 use crate::kernels::parallel::prelude::*;
 
-use super::{Float, SimdVec};
+use super::{Float, Lanes, SimdVec};
 
 /// Whether `x` is NaN, without relying on a `Float::is_nan` (NaN is the only value unequal to itself).
 #[inline(always)]
@@ -111,9 +111,8 @@ const MAX_BISECTIONS: usize = 12;
 /// the exact rule element by element) or the body has fewer than `k` elements.
 ///
 /// Why: offering all n elements of a row to the [`TopKBuffer`] costs ~k·ln(n/k) insertions, each a
-/// mispredicted branch and a shift; counting against a threshold is branch-free SIMD. Measured on
-/// 65 536 random rows of 512 with k = 16 (one thread, f32): ~300 ms offering every element, ~90 ms this
-/// way.
+/// mispredicted branch and a shift; counting against a threshold is branch-free SIMD (timings:
+/// docs/PERFORMANCE.md).
 fn candidate_threshold<T: Float>(body: &[T], k: usize) -> Option<T> {
     if k == 0 || body.len() < k {
         return None;

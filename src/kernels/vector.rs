@@ -2,8 +2,8 @@
 //!
 //! Every loop here has one shape: a SIMD body taking `T::LANES` elements at a time (16 f32 or 8 f64) and a
 //! scalar tail for the last `len % LANES`. The ops on floor 2 (`ops::unary`, `ops::softmax`, ...) say *what*
-//! to compute, as a pair of closures (one on SIMD vectors, one on scalars, the same formula twice); the
-//! helpers here say *how* to loop: [`update`]/[`zip_map`] for elementwise work, [`reduce`] for sums and
+//! to compute, as a pair of closures (one on SIMD vectors, one on scalars; where the formula is written once
+//! over [`Lanes`], both closures call it); the helpers here say *how* to loop: [`update`]/[`zip_map`] for elementwise work, [`reduce`] for sums and
 //! maxima, [`for_each_row`] for row-wise work such as a softmax.
 //!
 //! Two rules make every result reproducible to the bit on any number of threads (bit-exact resume from a
@@ -14,12 +14,17 @@
 //!
 //! Threads start only from [`PARALLEL_MIN`] elements: below that, a rayon fork-join costs more than the
 //! loop itself.
+//!
+//! At the end, the single-row helpers of loops that are already parallel (the PEER experts, the
+//! product-key backward): [`row_dot`], [`axpy`], [`scale_into`], [`map_padded`] and [`sum_parts`], the
+//! fixed-order total of per-chunk partial sums.
 
-use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::mem::MaybeUninit;
 
 use crate::kernels::parallel::prelude::*;
 
-use super::{Float, SimdVec};
+use super::float::MAX_LANES;
+use super::{Float, Lanes, SimdVec};
 
 /// Inputs shorter than this run on the calling thread: a rayon fork-join costs a few microseconds, about
 /// the time it takes to stream 32K floats through an elementwise op.
@@ -28,21 +33,6 @@ pub const PARALLEL_MIN: usize = 32 * 1024;
 /// Elements per parallel task, and per partial result of a reduction. Fixed, so neither the split nor the
 /// order in which partial sums are added depends on the thread count.
 pub const CHUNK: usize = 8 * 1024;
-
-/// The widest SIMD vector in use (f32x16), so a stack buffer of this size holds one vector's lanes.
-const MAX_LANES: usize = 16;
-
-/// Plain arithmetic, shared by a [`Float`] and its SIMD vector: a formula written once over `V: Arith`
-/// serves both the SIMD body and the scalar tail of a loop.
-pub trait Arith:
-    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
-{
-}
-
-impl<V> Arith for V where
-    V: Copy + Add<Output = V> + Sub<Output = V> + Mul<Output = V> + Div<Output = V> + Neg<Output = V>
-{
-}
 
 /// `dst[i] = f(dst[i], srcs[0][i], .., srcs[N-1][i])`, given `f` on SIMD vectors and on scalars.
 ///
@@ -73,15 +63,6 @@ pub fn zip_map<T: Float, const N: usize>(
     scalar: impl Fn([T; N]) -> T + Sync,
 ) {
     update(dst, srcs, |_, v| simd(v), |_, x| scalar(x));
-}
-
-/// [`zip_map`] for a formula with no SIMD form (`ln`, `erf`, a comparison): a scalar loop, still threaded.
-pub fn zip_map_scalar<T: Float, const N: usize>(srcs: [&[T]; N], dst: &mut [T], scalar: impl Fn([T; N]) -> T + Sync) {
-    for_each_chunk(dst, srcs, |dst, srcs| {
-        for (i, out) in dst.iter_mut().enumerate() {
-            *out = scalar(srcs.map(|s| s[i]));
-        }
-    });
 }
 
 /// Runs `run` on matching pieces of `dst` and `srcs`: the whole slices when short, else [`CHUNK`]-sized
@@ -213,12 +194,6 @@ pub fn scale<T: Float>(x: &mut [T], c: T) {
     update(x, [], |v, []| v * cv, |v, []| v * c);
 }
 
-/// `y += alpha * x` in place.
-pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
-    let av = T::Simd::splat(alpha);
-    update(y, [x], |acc, [v]| v.mul_add(av, acc), |acc, [v]| acc + alpha * v);
-}
-
 /// `exp(x)` elementwise into `dst`.
 pub fn exp<T: Float>(x: &[T], dst: &mut [T]) {
     zip_map([x], dst, |[v]| v.exp(), |[v]| v.exp());
@@ -234,7 +209,8 @@ pub fn max<T: Float>(x: &[T]) -> T {
     reduce([x], T::NEG_INFINITY, |acc, [v]| acc.max(v), |acc, [v]| acc.max(v), T::max)
 }
 
-/// `Σ a[i]·b[i]`.
+/// `Σ a[i]·b[i]` of two long vectors: threaded above [`PARALLEL_MIN`], the chunks' partials added in
+/// order. For one short row inside a loop that is already parallel, [`row_dot`].
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     reduce([a, b], T::ZERO, |acc, [p, q]| p.mul_add(q, acc), |acc, [p, q]| acc + p * q, |a, b| a + b)
 }
@@ -275,6 +251,110 @@ pub fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
     let lse = log_sum_exp(x);
     let lv = T::Simd::splat(lse);
     zip_map([x], y, |[v]| v - lv, |[v]| v - lse);
+}
+
+// Single rows, for loops that are already parallel (the PEER experts, the product-key backward): no
+// threads, no chunking, inlined into the caller's loop.
+
+/// `a · b` of two rows, with two SIMD accumulators (to hide the FMA latency) and a scalar loop for the
+/// tail. Its order of additions differs from [`dot`]'s, so each keeps the callers it has always had.
+#[inline]
+pub(crate) fn row_dot<T: Float>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let lanes = T::LANES;
+    let body = a.len() / (2 * lanes) * (2 * lanes);
+    let (mut acc0, mut acc1) = (T::Simd::splat(T::ZERO), T::Simd::splat(T::ZERO));
+    for (ca, cb) in a[..body].chunks_exact(2 * lanes).zip(b[..body].chunks_exact(2 * lanes)) {
+        acc0 = T::Simd::load(&ca[..lanes]).mul_add(T::Simd::load(&cb[..lanes]), acc0);
+        acc1 = T::Simd::load(&ca[lanes..]).mul_add(T::Simd::load(&cb[lanes..]), acc1);
+    }
+    let mut sum = (acc0 + acc1).reduce_add();
+    for (&x, &y) in a[body..].iter().zip(&b[body..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `y += alpha · x`.
+#[inline]
+pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    debug_assert_eq!(x.len(), y.len());
+    let lanes = T::LANES;
+    let body = x.len() / lanes * lanes;
+    let va = T::Simd::splat(alpha);
+    for (cy, cx) in y[..body].chunks_exact_mut(lanes).zip(x[..body].chunks_exact(lanes)) {
+        T::Simd::load(cx).mul_add(va, T::Simd::load(cy)).store(cy);
+    }
+    for (yi, &xi) in y[body..].iter_mut().zip(&x[body..]) {
+        *yi += alpha * xi;
+    }
+}
+
+/// `y = alpha · x`, never reading `y`. For a freshly allocated `y`, the first touch of each page is then a
+/// write: one page fault, where `y += …` would first fault the shared zero page in for the read and then
+/// fault again to copy it for the write.
+#[inline]
+pub(crate) fn scale_into<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    debug_assert_eq!(x.len(), y.len());
+    let lanes = T::LANES;
+    let body = x.len() / lanes * lanes;
+    let va = T::Simd::splat(alpha);
+    for (cy, cx) in y[..body].chunks_exact_mut(lanes).zip(x[..body].chunks_exact(lanes)) {
+        (T::Simd::load(cx) * va).store(cy);
+    }
+    for (yi, &xi) in y[body..].iter_mut().zip(&x[body..]) {
+        *yi = alpha * xi;
+    }
+}
+
+/// `y = alpha · x` into a row that was never initialised, returned as initialised values: the first
+/// write of a gradient row, in a buffer the caller does not zero first.
+pub(crate) fn scale_into_uninit<'a, T: Float>(alpha: T, x: &[T], y: &'a mut [MaybeUninit<T>]) -> &'a mut [T] {
+    assert_eq!(x.len(), y.len(), "scale_into_uninit: rows of different lengths");
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        yi.write(alpha * xi);
+    }
+    // SAFETY: the loop wrote all `y.len()` elements (x is as long), and `MaybeUninit<T>` has the layout
+    // of `T`.
+    unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// `out[i] = f(x[i])`, `T::LANES` values at a time; the last vector is padded, so that every value goes
+/// through the same SIMD code. For values whose order depends on the whole batch (the PEER experts hand
+/// theirs over in expert order): with a scalar tail, a token's result could change in the last bit with
+/// the other tokens' choices, and the layer would no longer be exactly causal.
+pub(crate) fn map_padded<T: Float>(x: &[T], out: &mut [T], f: impl Fn(T::Simd) -> T::Simd) {
+    debug_assert_eq!(x.len(), out.len());
+    for (x, out) in x.chunks(T::LANES).zip(out.chunks_mut(T::LANES)) {
+        if x.len() == T::LANES {
+            f(T::Simd::load(x)).store(out);
+        } else {
+            let (mut padded, mut result) = ([T::ZERO; MAX_LANES], [T::ZERO; MAX_LANES]);
+            padded[..x.len()].copy_from_slice(x);
+            f(T::Simd::load(&padded)).store(&mut result);
+            out.copy_from_slice(&result[..out.len()]);
+        }
+    }
+}
+
+/// Elements per parallel work item of [`sum_parts`].
+const SUM_BLOCK: usize = 1 << 16;
+
+/// `parts[0] + parts[1] + …` element by element, added in that order (so the result does not depend on
+/// the thread count), in parallel over blocks of elements: the total of per-chunk partial results, each
+/// chunk computed on its own thread. Every part is `len` long; no parts give zeros.
+pub(crate) fn sum_parts<T: Float>(mut parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    if parts.is_empty() {
+        return vec![T::ZERO; len];
+    }
+    let mut total = parts.remove(0);
+    total.par_chunks_mut(SUM_BLOCK).enumerate().for_each(|(b, dst)| {
+        for part in &parts {
+            let src = &part[b * SUM_BLOCK..b * SUM_BLOCK + dst.len()];
+            dst.iter_mut().zip(src).for_each(|(y, &x)| *y += x);
+        }
+    });
+    total
 }
 
 #[cfg(test)]
@@ -413,6 +493,31 @@ mod tests {
             let mut seen = vec![0usize; rows * width];
             for_each_row(&mut seen, width, width, |row, out| out.iter_mut().for_each(|s| *s += row + 1));
             assert!(seen.chunks(width).enumerate().all(|(row, out)| out.iter().all(|&s| s == row + 1)));
+        }
+    }
+
+    #[test]
+    fn dot_and_axpy_match_scalar_loops_with_tails() {
+        for n in [0, 1, 7, 8, 16, 17, 33, 64, 100] {
+            let a: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((row_dot(&a, &b) - want).abs() < 1e-12, "row_dot, n = {n}");
+            let mut y = b.clone();
+            axpy(0.5, &a, &mut y);
+            for ((yi, ai), bi) in y.iter().zip(&a).zip(&b) {
+                assert!((yi - (bi + 0.5 * ai)).abs() < 1e-15, "axpy, n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn scale_into_uninit_writes_the_whole_row() {
+        for n in [0, 1, 17, 256] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
+            let mut slots = vec![MaybeUninit::new(f32::NAN); n];
+            let row = scale_into_uninit(2.0, &x, &mut slots);
+            assert_eq!(row.to_vec(), x.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
 use crate::nn::peer::PeerConfig;
 use crate::nn::pkm::PkmConfig;
-use crate::nn::product_key_router::Router;
+use crate::nn::product_key_router::Gate;
 
 /// Most blocks a config may ask for.
 pub const MAX_LAYERS: usize = 1 << 16;
@@ -92,7 +92,7 @@ impl Default for ModelConfig {
                 capacity_factor: 1.0,
                 aux_loss_weight: 0.01,
             },
-            pkm: PkmConfig { d_model, num_keys: 512, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
+            pkm: PkmConfig { d_model, sub_keys: 512, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
             peer: PeerConfig {
                 d_model,
                 num_experts: 512 * 512,
@@ -101,7 +101,7 @@ impl Default for ModelConfig {
                 key_dim: 256,
                 query_batch_norm: true,
                 query_bn_per_head: false,
-                router: Router::Softmax,
+                gate: Gate::Softmax,
                 activation: ExpertActivation::Gelu,
             },
         }

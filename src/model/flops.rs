@@ -107,7 +107,7 @@ fn product_key_router(d_model: usize, heads: usize, n: usize, k: usize, key_dim:
 /// the weights' dot products).
 pub fn pkm(config: &PkmConfig) -> TokenFlops {
     let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.num_keys, config.top_k, config.key_dim);
+    let router = product_key_router(config.d_model, config.heads, config.sub_keys, config.top_k, config.key_dim);
     router + TokenFlops { forward: 2.0 * slots * d, backward: 4.0 * slots * d }
 }
 
@@ -115,7 +115,7 @@ pub fn pkm(config: &PkmConfig) -> TokenFlops {
 /// forward, and four such d-wide passes backward (`v·dout`, `dv`, `dx`, `du`; He 2024, eq. 3).
 pub fn peer(config: &PeerConfig) -> TokenFlops {
     let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.num_sub_keys(), config.top_k, config.key_dim);
+    let router = product_key_router(config.d_model, config.heads, config.sub_keys(), config.top_k, config.key_dim);
     router + TokenFlops { forward: 4.0 * slots * d, backward: 8.0 * slots * d }
 }
 
@@ -129,12 +129,17 @@ pub fn feed_forward(config: &ModelConfig, block: usize) -> TokenFlops {
     }
 }
 
+/// The output head `d → V` (tied or not, the same product).
+pub fn output_head(config: &ModelConfig) -> TokenFlops {
+    TokenFlops::linear(config.d_model as f64, config.vocab_size as f64)
+}
+
 /// The whole decoder per token at full context: every block's attention and feed-forward layer, and the
-/// output head `d → V` (tied or not, the same product).
+/// output head.
 pub fn model(config: &ModelConfig) -> TokenFlops {
     let blocks: TokenFlops =
         (0..config.n_layers).map(|b| attention(config.d_model, config.seq_len) + feed_forward(config, b)).sum();
-    blocks + TokenFlops::linear(config.d_model as f64, config.vocab_size as f64)
+    blocks + output_head(config)
 }
 
 /// Training FLOPs per token: forward plus backward.

@@ -70,19 +70,19 @@ fn ffw_params(config: &ModelConfig, block: usize) -> f64 {
         FfwKind::Pkm => {
             let p = &config.pkm;
             let norm_width = if p.query_batch_norm { p.heads as f64 * p.key_dim as f64 } else { 0.0 };
-            router_params(d, p.heads, p.key_dim, p.num_keys, norm_width) + p.num_keys as f64 * p.num_keys as f64 * d
+            router_params(d, p.heads, p.key_dim, p.sub_keys, norm_width) + p.sub_keys as f64 * p.sub_keys as f64 * d
         }
         FfwKind::Peer => {
             let p = &config.peer;
             let norm_width = if p.query_batch_norm { p.key_dim as f64 } else { 0.0 };
-            router_params(d, p.heads, p.key_dim, p.num_sub_keys(), norm_width) + 2.0 * p.num_experts as f64 * d
+            router_params(d, p.heads, p.key_dim, p.sub_keys(), norm_width) + 2.0 * p.num_experts as f64 * d
         }
     }
 }
 
 /// Query projection, its batch norm's gain and bias, and the two sub-key tables of a product-key router.
-fn router_params(d: f64, heads: usize, key_dim: usize, num_keys: usize, norm_width: f64) -> f64 {
-    linear(d, heads as f64 * key_dim as f64, false) + 2.0 * norm_width + 2.0 * num_keys as f64 * (key_dim / 2) as f64
+fn router_params(d: f64, heads: usize, key_dim: usize, sub_keys: usize, norm_width: f64) -> f64 {
+    linear(d, heads as f64 * key_dim as f64, false) + 2.0 * norm_width + 2.0 * sub_keys as f64 * (key_dim / 2) as f64
 }
 
 /// Floats the forward pass keeps per token, over the whole model, at context `seq_len`.
@@ -98,11 +98,11 @@ fn activations_per_token(config: &ModelConfig) -> f64 {
             }
             FfwKind::Pkm => {
                 let p = &config.pkm;
-                2.0 * p.heads as f64 * (p.key_dim as f64 + p.num_keys as f64 + p.top_k as f64) + 2.0 * d
+                2.0 * p.heads as f64 * (p.key_dim as f64 + p.sub_keys as f64 + p.top_k as f64) + 2.0 * d
             }
             FfwKind::Peer => {
                 let p = &config.peer;
-                2.0 * p.heads as f64 * (p.key_dim as f64 + p.num_sub_keys() as f64 + 2.0 * p.top_k as f64) + 2.0 * d
+                2.0 * p.heads as f64 * (p.key_dim as f64 + p.sub_keys() as f64 + 2.0 * p.top_k as f64) + 2.0 * d
             }
         })
         .sum();

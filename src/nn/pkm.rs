@@ -14,7 +14,7 @@
 
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
-use crate::nn::product_key_router::{ProductKeyRouter, ProductKeySpec, QueryNorm, Router};
+use crate::nn::product_key_router::{Gate, ProductKeyRouter, ProductKeySpec, QueryNorm};
 use crate::nn::{FfwOut, Module, UsageTracker};
 use crate::ops::{self, BatchNormStats};
 use crate::param::{Param, ParamKind};
@@ -29,8 +29,9 @@ pub struct PkmConfig {
     /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
     #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
-    /// n, the sub-keys per half; the memory has N = n² slots.
-    pub num_keys: usize,
+    /// n, the sub-keys per half; the memory has N = n² slots. Written `num_keys` in config files.
+    #[cfg_attr(feature = "io", serde(rename = "num_keys"))]
+    pub sub_keys: usize,
     pub heads: usize,
     /// Slots read per head (must not exceed n).
     pub top_k: usize,
@@ -49,25 +50,25 @@ pub(crate) fn default_true() -> bool {
 impl PkmConfig {
     pub fn validate(&self) -> Result<(), String> {
         positive("pkm.d_model", self.d_model)?;
-        positive("pkm.num_keys", self.num_keys)?;
+        positive("pkm.num_keys", self.sub_keys)?;
         positive("pkm.heads", self.heads)?;
         positive("pkm.top_k", self.top_k)?;
         positive("pkm.key_dim", self.key_dim)?;
         if self.key_dim % 2 != 0 {
             return Err(format!("pkm.key_dim: {} is odd; the query is split in two halves", self.key_dim));
         }
-        if self.top_k > self.num_keys {
-            return Err(format!("pkm.top_k: {} exceeds num_keys ({})", self.top_k, self.num_keys));
+        if self.top_k > self.sub_keys {
+            return Err(format!("pkm.top_k: {} exceeds num_keys ({})", self.top_k, self.sub_keys));
         }
-        if self.num_keys.checked_mul(self.num_keys).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.num_keys));
+        if self.sub_keys.checked_mul(self.sub_keys).is_none_or(|n| n > u32::MAX as usize) {
+            return Err(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.sub_keys));
         }
         Ok(())
     }
 
     /// N = n², the memory slots.
     pub fn num_slots(&self) -> usize {
-        self.num_keys * self.num_keys
+        self.sub_keys * self.sub_keys
     }
 }
 
@@ -89,10 +90,10 @@ impl<T: Float> Pkm<T> {
             d_model: d,
             heads: config.heads,
             key_dim: config.key_dim,
-            num_keys: config.num_keys,
+            sub_keys: config.sub_keys,
             top_k: config.top_k,
             query_norm: if config.query_batch_norm { QueryNorm::PerHead } else { QueryNorm::Off },
-            gates: Router::Softmax,
+            gate: Gate::Softmax,
         };
         let router = ProductKeyRouter::new(&spec, name, rng);
         let values = Tensor::randn(&[config.num_slots(), d], (d as f64).powf(-0.5), rng);

@@ -9,7 +9,7 @@
 //!    `k_(i,j) = [c_i ; c'_j]` of two sub-key tables C, C' `[n, key_dim/2]` shared by the heads, so
 //!    `q·k_(i,j) = q₁·c_i + q₂·c'_j` and the top k are among the k×k pairs of the top k of each half
 //!    ([`ops::product_key_topk`]): O(n + k²) work, not O(n²);
-//! 3. gates: the k scores through a softmax (or a sigmoid, for PEER's variant), see [`Router`].
+//! 3. gates: the k scores through a softmax (or a sigmoid, for PEER's variant), see [`Gate`].
 //!
 //! The layers differ in what the ids select (PKM: value vectors; PEER: single-neuron experts) and in how
 //! the query batch norm sees the heads ([`QueryNorm`]).
@@ -34,7 +34,7 @@ const BATCH_NORM_MOMENTUM: f64 = 0.1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(rename_all = "snake_case"))]
-pub enum Router {
+pub enum Gate {
     /// Softmax over the head's k scores (the paper's choice): the gates of a head sum to 1.
     Softmax,
     /// Each score through a sigmoid, independently.
@@ -60,11 +60,11 @@ pub struct ProductKeySpec {
     /// Query width per head; even, split in two halves of key_dim/2.
     pub key_dim: usize,
     /// n, the sub-keys per half: n² keys.
-    pub num_keys: usize,
+    pub sub_keys: usize,
     /// k, the keys retrieved per head (at most n).
     pub top_k: usize,
     pub query_norm: QueryNorm,
-    pub gates: Router,
+    pub gate: Gate,
 }
 
 pub struct ProductKeyRouter<T: Float = f32> {
@@ -92,7 +92,7 @@ impl<T: Float> ProductKeyRouter<T> {
         let query_bn = norm_width.map(|width| QueryBatchNorm::new(&format!("{name}.query_bn"), width));
         let key_bound = (half as f64).powf(-0.5);
         let mut keys = |which: &str| {
-            let table = Tensor::uniform(&[spec.num_keys, half], -key_bound, key_bound, rng);
+            let table = Tensor::uniform(&[spec.sub_keys, half], -key_bound, key_bound, rng);
             Param::new(format!("{name}.{which}"), ParamKind::NoDecay, table)
         };
         let (keys1, keys2) = (keys("keys1"), keys("keys2"));
@@ -115,9 +115,9 @@ impl<T: Float> ProductKeyRouter<T> {
         let (keys1, keys2) = (tape.param(&self.keys1), tape.param(&self.keys2));
         let (scores, ids) = ops::product_key_topk(tape, &query, &keys1, &keys2, k);
         // 3. Gates over each head's k keys.
-        let gates = match self.spec.gates {
-            Router::Softmax => ops::softmax(tape, &scores),
-            Router::Sigmoid => ops::sigmoid(tape, &scores),
+        let gates = match self.spec.gate {
+            Gate::Softmax => ops::softmax(tape, &scores),
+            Gate::Sigmoid => ops::sigmoid(tape, &scores),
         };
         (ops::reshape(tape, &gates, &[tokens, heads * k]), ids)
     }

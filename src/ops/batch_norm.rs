@@ -57,23 +57,25 @@ impl<T: Float> BatchNormStats<T> {
 }
 
 /// Rows per parallel work item. The chunks depend on the shape only, so every sum has a fixed order and
-/// results are bit-identical on any number of threads. Measured (N = 512², 4096 tokens, 32768 query rows):
-/// the single-threaded loops this replaces took ~12% of the PEER layer's step.
+/// results are bit-identical on any number of threads (timings: docs/PERFORMANCE.md, issue 17 section).
 const ROW_CHUNK: usize = 256;
 
 struct BatchNorm<T> {
-    /// μ per column: the batch's in training, the running one in evaluation.
-    mean: Vec<T>,
-    /// 1/√(σ² + eps) per column.
-    inv_std: Vec<T>,
-    /// Whether μ and σ² depend on x (training), so the backward must go through them.
+    /// Whether μ and σ² come from the batch (training), so the backward must go through them.
     batch_stats: bool,
+    eps: f64,
+    /// μ per column: the batch's (found by the forward) in training, the running one in evaluation.
+    mean: Vec<T>,
+    /// 1/√(σ² + eps) per column, likewise.
+    inv_std: Vec<T>,
+    /// In training, the batch's unbiased variance per column, for the running statistics.
+    unbiased_var: Vec<T>,
 }
 
 impl<T: Float> BatchNorm<T> {
     /// dx from g, given `sums` = [Σ_r g ; Σ_r g·x̂] per column.
-    fn input_grad(&self, x: &[&Tensor<T>], g: &Tensor<T>, sums: &[T]) -> Vec<T> {
-        let (input, gain, c) = (x[0].data(), x[1].data(), x[0].last_dim());
+    fn input_grad(&self, x: &Tensor<T>, gain: &Tensor<T>, g: &Tensor<T>, sums: &[T]) -> Vec<T> {
+        let (input, gain, c) = (x.data(), gain.data(), x.last_dim());
         let inv_rows = T::ONE / T::from_usize(input.len() / c);
         let means: Vec<T> = sums.iter().map(|&s| s * inv_rows).collect();
         let (mean_g, mean_g_xhat) = means.split_at(c);
@@ -100,9 +102,16 @@ impl<T: Float> Op<T> for BatchNorm<T> {
         "batch_norm"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (input, gain, bias) = (x[0], x[1].data(), x[2].data());
-        let c = input.last_dim();
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[input, gain, bias] = inputs else { unreachable!("batch_norm takes x, gain, bias") };
+        let (gain, bias, c) = (gain.data(), bias.data(), input.last_dim());
+        if self.batch_stats {
+            let (mean, var) = column_stats(input.data(), c);
+            let rows = (input.numel() / c) as f64;
+            self.unbiased_var = var.iter().map(|&v| T::from_f64(v * rows / (rows - 1.0))).collect();
+            self.mean = mean.into_iter().map(T::from_f64).collect();
+            self.inv_std = var.into_iter().map(|v| inv_std(v, self.eps)).collect();
+        }
         let mut out = vec![T::ZERO; input.numel()];
         out.par_chunks_mut(ROW_CHUNK * c).zip(input.data().par_chunks(ROW_CHUNK * c)).for_each(|(out, input)| {
             for (out_row, row) in out.chunks_exact_mut(c).zip(input.chunks_exact(c)) {
@@ -116,8 +125,11 @@ impl<T: Float> Op<T> for BatchNorm<T> {
         Tensor::from_vec(input.shape(), out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (input, c) = (x[0].data(), x[0].last_dim());
+    // In the forward pass this was y = γ·x̂ + β with x̂ = (x − μ)/√(σ² + eps); so now dβ = Σ_r g,
+    // dγ = Σ_r g·x̂, and dx as in the module comment (through μ and σ² too in training).
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x, gain, _] = inputs else { unreachable!("batch_norm takes x, gain, bias") };
+        let (input, c) = (x.data(), x.last_dim());
         // Column sums of g and g·x̂ (side by side in one accumulator): dβ and dγ, and (over R) the two
         // means the dx formula needs.
         let sums = column_sums(input, 2 * c, c, |acc, row, r| {
@@ -130,7 +142,7 @@ impl<T: Float> Op<T> for BatchNorm<T> {
             }
         });
         let (sum_g, sum_g_xhat) = sums.split_at(c);
-        let d_input = needs[0].then(|| Grad::Dense(Tensor::from_vec(x[0].shape(), self.input_grad(x, g, &sums))));
+        let d_input = needs[0].then(|| Grad::Dense(Tensor::from_vec(x.shape(), self.input_grad(x, gain, g, &sums))));
         let d_gain = needs[1].then(|| Grad::Dense(Tensor::from_vec(&[c], sum_g_xhat.to_vec())));
         let d_bias = needs[2].then(|| Grad::Dense(Tensor::from_vec(&[c], sum_g.to_vec())));
         vec![d_input, d_gain, d_bias]
@@ -202,17 +214,22 @@ pub fn batch_norm<T: Float>(
         bias.shape(),
         stats.mean.len()
     );
-    let inv_std_of = |var: f64| T::from_f64(1.0 / (var + eps).sqrt());
     let op = if training {
         assert!(rows >= 2, "batch_norm: training needs at least 2 rows for a variance, got {rows}");
-        let (mean, var) = column_stats(x.value().data(), c);
-        let unbiased: Vec<T> = var.iter().map(|&v| T::from_f64(v * rows as f64 / (rows - 1) as f64)).collect();
-        let mean: Vec<T> = mean.into_iter().map(T::from_f64).collect();
-        stats.update(&mean, &unbiased);
-        BatchNorm { mean, inv_std: var.into_iter().map(inv_std_of).collect(), batch_stats: true }
+        BatchNorm { batch_stats: true, eps, mean: Vec::new(), inv_std: Vec::new(), unbiased_var: Vec::new() }
     } else {
-        let inv_std = stats.var.iter().map(|v| inv_std_of(v.to_f64())).collect();
-        BatchNorm { mean: stats.mean.clone(), inv_std, batch_stats: false }
+        let inv_std = stats.var.iter().map(|v| inv_std(v.to_f64(), eps)).collect();
+        BatchNorm { batch_stats: false, eps, mean: stats.mean.clone(), inv_std, unbiased_var: Vec::new() }
     };
-    tape.apply(op, &[x, gain, bias])
+    let (y, ()) = tape.apply_then(op, &[x, gain, bias], |op| {
+        if op.batch_stats {
+            stats.update(&op.mean, &op.unbiased_var);
+        }
+    });
+    y
+}
+
+/// 1/√(σ² + eps).
+fn inv_std<T: Float>(var: f64, eps: f64) -> T {
+    T::from_f64(1.0 / (var + eps).sqrt())
 }

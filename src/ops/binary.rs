@@ -6,8 +6,8 @@
 //! depend on the thread count). The loops are `kernels::vector`'s SIMD maps, one per row of `a`.
 
 use crate::grad::Grad;
-use crate::kernels::vector::{for_each_row, update, zip_map, Arith};
-use crate::kernels::Float;
+use crate::kernels::vector::{for_each_row, update, zip_map};
+use crate::kernels::{Arith, Float};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 

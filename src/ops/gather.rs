@@ -11,7 +11,7 @@
 use crate::kernels::parallel::prelude::*;
 
 use crate::grad::{Grad, RowGrad};
-use crate::kernels::peer::{axpy, dot};
+use crate::kernels::vector::{axpy, row_dot};
 use crate::kernels::{flop_count, Float, RowGroups};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -97,7 +97,7 @@ impl<T: Float> Op<T> for WeightedGather {
             let mut dw = vec![T::ZERO; weights.numel()];
             dw.par_chunks_mut(k).enumerate().for_each(|(t, dw_t)| {
                 for (j, dw_tj) in dw_t.iter_mut().enumerate() {
-                    *dw_tj = dot(row(g.data(), d, t), row(table.data(), d, self.ids[t * k + j] as usize));
+                    *dw_tj = row_dot(row(g.data(), d, t), row(table.data(), d, self.ids[t * k + j] as usize));
                 }
             });
             Grad::Dense(Tensor::from_vec(weights.shape(), dw))

@@ -14,7 +14,7 @@
 use std::mem::MaybeUninit;
 
 use crate::grad::Grad;
-use crate::kernels::{memory, Float, SimdVec};
+use crate::kernels::{memory, Float, Lanes, SimdVec};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 

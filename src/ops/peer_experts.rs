@@ -1,8 +1,9 @@
-//! The PEER expert mixture as one differentiable op (He 2024, §2):
-//! `out[t] = Σ_j gates[t,j]·σ(u[id]·x[t])·v[id]` over the m experts `id = expert_ids[t·m + j]` a token
-//! retrieved.
+//! The PEER expert mixture as one differentiable op (He 2024, §2, eq. 3):
+//! `out[t] = Σ_j gates[t,j]·σ(u[id]·x[t])·v[id]` over the m = h·k experts `id = expert_ids[t·m + j]` a
+//! token retrieved.
 //!
-//! The loops live in [`crate::kernels::peer`]; this file checks shapes and ids, groups the ids by expert
+//! The arithmetic, token by token, is [`crate::kernels::peer_reference`]; the loops that run are
+//! [`crate::kernels::peer`], the same sums in expert order. This file checks shapes and ids, groups the ids by expert
 //! once for both passes (the kernels walk the tables in that order), keeps the pre-activations between
 //! forward and backward, and wraps the expert tables' gradients as coalesced
 //! row-sparse [`RowGrad`]s (one row per distinct expert), so a table of a million experts is never
@@ -18,20 +19,22 @@ struct PeerExperts<T> {
     /// The positions of the expert ids grouped by expert, the order both passes walk in.
     groups: RowGroups,
     act: ExpertActivation,
-    /// u[id]·x[t] per (token, expert) in the order of `groups.occurrences`, kept by forward for backward.
+    /// The pre-activations z = u[id]·x[t] per (token, expert) in the order of `groups.occurrences`, kept by
+    /// forward for backward.
     pre: Vec<T>,
 }
 
 impl<T: Float> PeerExperts<T> {
-    fn batch<'a>(&'a self, x: &[&'a Tensor<T>]) -> ExpertBatch<'a, T> {
+    fn batch<'a>(&'a self, inputs: &[&'a Tensor<T>]) -> ExpertBatch<'a, T> {
+        let &[x, u, v, gates] = inputs else { unreachable!("peer_experts takes x, u, v, gates") };
         ExpertBatch {
-            x: x[0].data(),
-            u: x[1].data(),
-            v: x[2].data(),
-            gates: x[3].data(),
+            x: x.data(),
+            u: u.data(),
+            v: v.data(),
+            gates: gates.data(),
             groups: &self.groups,
-            d: x[0].dim(1),
-            m: x[3].dim(1),
+            d: x.dim(1),
+            m: gates.dim(1),
             act: self.act,
         }
     }
@@ -42,20 +45,25 @@ impl<T: Float> Op<T> for PeerExperts<T> {
         "peer_experts"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (out, pre) = experts_forward(&self.batch(x));
+    // out[t] = Σ_j gates[t,j]·σ(z)·v[id] with z = u[id]·x[t]; keeps every z for the backward.
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let (out, pre) = experts_forward(&self.batch(inputs));
         self.pre = pre;
-        Tensor::from_vec(x[0].shape(), out)
+        Tensor::from_vec(inputs[0].shape(), out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let grads = experts_backward(&self.batch(x), &self.pre, g.data());
+    // In the forward pass this was out[t] = Σ_j g·σ(z)·v[id]; so now, with vg = v[id]·dout[t]:
+    // dgate = σ(z)·vg, dv[id] += g·σ(z)·dout[t], and through dz = g·σ'(z)·vg, dx[t] += dz·u[id] and
+    // du[id] += dz·x[t] (the loops: `kernels/peer_reference.rs`, token by token).
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x, u, v, gates] = inputs else { unreachable!("peer_experts takes x, u, v, gates") };
+        let grads = experts_backward(&self.batch(inputs), &self.pre, g.data());
         let rows = &self.groups.rows;
         vec![
-            needs[0].then(|| Grad::Dense(Tensor::from_vec(x[0].shape(), grads.dx))),
-            needs[1].then(|| Grad::Rows(RowGrad::new(x[1].shape(), rows.clone(), grads.du))),
-            needs[2].then(|| Grad::Rows(RowGrad::new(x[2].shape(), rows.clone(), grads.dv))),
-            needs[3].then(|| Grad::Dense(Tensor::from_vec(x[3].shape(), grads.dgates))),
+            needs[0].then(|| Grad::Dense(Tensor::from_vec(x.shape(), grads.dx))),
+            needs[1].then(|| Grad::Rows(RowGrad::new(u.shape(), rows.clone(), grads.du))),
+            needs[2].then(|| Grad::Rows(RowGrad::new(v.shape(), rows.clone(), grads.dv))),
+            needs[3].then(|| Grad::Dense(Tensor::from_vec(gates.shape(), grads.dgates))),
         ]
     }
 }
@@ -63,6 +71,9 @@ impl<T: Float> Op<T> for PeerExperts<T> {
 /// The fused PEER experts: `x` `[T, d]`, expert tables `u`, `v` `[N, d]`, `gates` `[T, m]` (softmaxed by
 /// the caller), `expert_ids` of length `T·m` (each `< N`); returns `[T, d]`. Gradients: dense for `x` and
 /// `gates`, row-sparse and coalesced for `u` and `v`. Never materialises a `[T, m, d]` tensor.
+///
+/// # Panics
+/// If the shapes do not fit together as above, or an expert id is out of range.
 pub fn peer_experts<T: Float>(
     tape: &mut Tape<T>,
     x: &Var<T>,

@@ -28,23 +28,20 @@
 use crate::kernels::parallel::prelude::*;
 
 use crate::grad::Grad;
-use crate::kernels::peer::{axpy, scale_into, sum_parts};
 use crate::kernels::topk::{topk_row_into, TopKBuffer};
+use crate::kernels::vector::{axpy, scale_into, sum_parts};
 use crate::kernels::{flop_count, product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
-/// Query rows scored together by one GEMM and handled by one rayon task. Measured (N = 512², 32768 query
-/// rows, forward of the op): 256 rows ~10% faster than 64, as matrixmultiply re-packs the sub-key table
-/// once per product; 512 was no faster.
+/// Query rows scored together by one GEMM and handled by one rayon task: large enough that
+/// matrixmultiply's packing of the sub-key table (once per product) is spread over many rows.
 const ROW_BLOCK: usize = 256;
 
 /// Query rows per parallel work item of the backward. Each item sums its rows' share of the sub-key
 /// gradients into a private dense pair of tables (2·n·dh values, L2-sized at n = 512, dh = 128), so no
 /// row is shared between threads and nothing needs sorting; fixed, so the result does not depend on the
-/// thread count. Measured (N = 512², 32768 query rows, 2 threads): the op's backward ~185 → ~50 ms
-/// against grouping the selections by sub-key row with two sequential sorts (that figure also includes
-/// writing each fresh `dq` row before reading it, see `scale_into`).
+/// thread count. Faster than grouping the selections by sub-key row, which needs sorts.
 const GRAD_ROW_CHUNK: usize = 2048;
 
 /// Shapes of one retrieval.
@@ -118,17 +115,16 @@ fn half_topk<T: Float>(q_block: &[T], half: usize, keys: &[T], dims: Dims) -> (V
     (values, ids)
 }
 
-/// The scores of the selected (query row, expert id) pairs, `s = q1·K1[id / n] + q2·K2[id % n]`, as a
-/// differentiable op. The selection has already summed them (from its score GEMMs), so the forward hands
-/// those over instead of computing the R·k dot products again.
-struct ProductKeyScores<T> {
+/// Product-key top-k as a differentiable op: the forward selects each query row's k best expert ids
+/// and outputs their scores `s = q1·K1[id / n] + q2·K2[id % n]`, summed once by the selection (from its
+/// score GEMMs); the backward differentiates those sums in the query and the two selected sub-key rows.
+struct ProductKeyScores {
+    /// `[R, k]`, written by the forward.
     ids: Vec<u32>,
-    /// `[R, k]`, moved out by the forward.
-    scores: Vec<T>,
     dims: Dims,
 }
 
-impl<T: Float> ProductKeyScores<T> {
+impl ProductKeyScores {
     /// For selection number `s` (row `s / k`): the sub-key rows it pairs.
     fn halves(&self, s: usize) -> (usize, usize) {
         let id = self.ids[s] as usize;
@@ -137,8 +133,9 @@ impl<T: Float> ProductKeyScores<T> {
 
     /// The backward for the query rows from `first_row` on that `dq_rows` holds: writes their `dq`, and
     /// returns their share of `[dK1; dK2]` as one dense `[2·n, dh]` buffer.
-    fn grad_rows(&self, x: &[&Tensor<T>], ds: &[T], first_row: usize, dq_rows: &mut [T]) -> Vec<T> {
-        let (query, keys1, keys2) = (x[0].data(), x[1].data(), x[2].data());
+    fn grad_rows<T: Float>(&self, inputs: &[&Tensor<T>], ds: &[T], first_row: usize, dq_rows: &mut [T]) -> Vec<T> {
+        let &[query, keys1, keys2] = inputs else { unreachable!("product_key_topk takes query, keys1, keys2") };
+        let (query, keys1, keys2) = (query.data(), keys1.data(), keys2.data());
         let Dims { dh, n, k } = self.dims;
         // Per selection: the two halves of dq and of the sub-key gradients, dh multiply-adds each.
         flop_count::record(dq_rows.len() / (2 * dh) * k * 8 * dh);
@@ -166,32 +163,35 @@ impl<T: Float> ProductKeyScores<T> {
     }
 }
 
-impl<T: Float> Op<T> for ProductKeyScores<T> {
+impl<T: Float> Op<T> for ProductKeyScores {
     fn name(&self) -> &'static str {
-        "product_key_scores"
+        "product_key_topk"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let rows = x[0].dim(0);
-        Tensor::from_vec(&[rows, self.dims.k], std::mem::take(&mut self.scores))
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[query, keys1, keys2] = inputs else { unreachable!("product_key_topk takes query, keys1, keys2") };
+        let (ids, scores) = select(query.data(), keys1.data(), keys2.data(), self.dims);
+        self.ids = ids;
+        Tensor::from_vec(&[query.dim(0), self.dims.k], scores)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (query, Dims { dh, n, .. }, ds) = (x[0].data(), self.dims, g.data());
-        // dq1[r] = Σ_s ds[r,s]·K1[i_s] and dq2[r] = Σ_s ds[r,s]·K2[j_s], row by row; dK1[i] = Σ ds·q1[r] over
-        // the selections using i (likewise dK2 with q2), summed per chunk of rows into that chunk's own
-        // dense [K1; K2]-shaped pair, and the chunks' pairs added in chunk order.
-        let mut dq = vec![T::ZERO; query.len()];
+    // In the forward pass this was s[r, j] = q1[r]·K1[i] + q2[r]·K2[j'] for the selected id = i·n + j';
+    // so now dq1[r] = Σ_s ds·K1[i] and dq2[r] = Σ_s ds·K2[j'] row by row, and dK1[i] = Σ ds·q1[r] over the
+    // selections using i (likewise dK2 with q2), summed per chunk of rows into that chunk's own dense
+    // [K1; K2]-shaped pair, the chunks' pairs added in chunk order.
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
+        let (query, Dims { dh, n, .. }, ds) = (inputs[0], self.dims, g.data());
+        let mut dq = vec![T::ZERO; query.numel()];
         let parts: Vec<Vec<T>> = dq
             .par_chunks_mut(GRAD_ROW_CHUNK * 2 * dh)
             .enumerate()
-            .map(|(c, dq_chunk)| self.grad_rows(x, ds, c * GRAD_ROW_CHUNK, dq_chunk))
+            .map(|(c, dq_chunk)| self.grad_rows(inputs, ds, c * GRAD_ROW_CHUNK, dq_chunk))
             .collect();
         let d_keys = sum_parts(parts, 2 * n * dh);
         let (dk1, dk2) = d_keys.split_at(n * dh);
         let dense = |values: &[T]| Grad::Dense(Tensor::from_vec(&[n, dh], values.to_vec()));
         vec![
-            needs[0].then(|| Grad::Dense(Tensor::from_vec(x[0].shape(), dq))),
+            needs[0].then(|| Grad::Dense(Tensor::from_vec(query.shape(), dq))),
             needs[1].then(|| dense(dk1)),
             needs[2].then(|| dense(dk2)),
         ]
@@ -203,7 +203,10 @@ impl<T: Float> Op<T> for ProductKeyScores<T> {
 /// in `0..n²`, equal to the exhaustive top-k of `q1·K1[i] + q2·K2[j]` over all n² pairs under the ranking
 /// rule of [`crate::kernels::topk`] (ties to the lower id). The one exception is a tie *created by
 /// rounding* (`s1[i′] > s1[i]` but the rounded sums with the same `s2[j]` are equal), which has probability
-/// ~0 on real-valued data. Panics unless `1 ≤ k ≤ n` and the shapes fit.
+/// ~0 on real-valued data.
+///
+/// # Panics
+/// Unless `1 ≤ k ≤ n`, n² fits in u32 and the shapes fit as above.
 pub fn product_key_topk<T: Float>(
     tape: &mut Tape<T>,
     query: &Var<T>,
@@ -224,8 +227,6 @@ pub fn product_key_topk<T: Float>(
     );
     assert!(k >= 1 && k <= n, "product_key_topk: k = {k} must be in 1..={n}");
     assert!(n * n <= u32::MAX as usize, "product_key_topk: n² = {} ids do not fit u32", n * n);
-    let dims = Dims { dh, n, k };
-    let (ids, scores) = select(query.value().data(), keys1.value().data(), keys2.value().data(), dims);
-    let scores = tape.apply(ProductKeyScores { ids: ids.clone(), scores, dims }, &[query, keys1, keys2]);
-    (scores, ids)
+    let op = ProductKeyScores { ids: Vec::new(), dims: Dims { dh, n, k } };
+    tape.apply_then(op, &[query, keys1, keys2], |op| op.ids.clone())
 }

@@ -9,7 +9,7 @@
 
 use crate::grad::Grad;
 use crate::kernels::vector::{dot, for_each_row, log_softmax_row, softmax_row, sum, zip_map};
-use crate::kernels::{Float, SimdVec};
+use crate::kernels::{Float, Lanes};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 

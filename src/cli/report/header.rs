@@ -30,8 +30,8 @@ pub fn setup(study: &Study) -> String {
     out += &format!("- Dates: {}.\n", range_of(&dates));
     let seconds: f64 = study.runs.iter().map(|r| r.train_seconds).sum();
     out += &format!(
-        "- Training wall time: {} ({} s) over {} runs, the sum of their `train_seconds` (the sitting that \
-         finished each run: a resumed run counts its last sitting only).\n",
+        "- Training wall time: {} ({} s) over {} runs, the sum of their `train_seconds` (training steps \
+         over every sitting of a run; evaluation and checkpoints not included).\n",
         format::duration(seconds),
         format::count(seconds.round() as u64),
         study.runs.len()

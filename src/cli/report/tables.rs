@@ -2,6 +2,7 @@
 //! each cell the best size on C4), every point behind it, Figure 1, and per budget the ordering of the
 //! methods and whether each gap is wider than the seed spread.
 
+use peerlm::model::flops;
 use peerlm::study::{self, BudgetBest, Comparison, Point};
 use peerlm::sweep::RunSummaryFile;
 
@@ -23,7 +24,7 @@ pub fn tuning(study: &Study) -> String {
     out += &tuning_counts(study, &present);
     for grid in present {
         let mut runs = study.grid(grid);
-        runs.sort_by(|a, b| c4_ppl(a).total_cmp(&c4_ppl(b)));
+        runs.sort_by(|a, b| b.config.model.d_model.cmp(&a.config.model.d_model).then(c4_ppl(a).total_cmp(&c4_ppl(b))));
         out += &format!("\n### `{grid}`\n\n{}", tuning_table(&runs));
     }
     out
@@ -43,7 +44,8 @@ fn tuning_counts(study: &Study, present: &[&str]) -> String {
         format!("The methods did not get the same number of tuning runs: {listed}")
     };
     format!(
-        "{verdict}, at {} FLOPs. Rows are sorted by C4 validation perplexity; the best is marked.\n",
+        "{verdict}, at {} FLOPs. Rows are sorted by width, then by C4 validation perplexity; the best of each \
+         width is marked.\n",
         budgets.join(", ")
     )
 }
@@ -54,9 +56,12 @@ fn tuning_table(runs: &[&RunSummaryFile]) -> String {
         .enumerate()
         .map(|(i, run)| {
             let train = run.final_train_loss.map_or("—".to_string(), |l| format!("{l:.3}"));
+            let width = run.config.model.d_model;
+            let first_of_width = i == 0 || runs[i - 1].config.model.d_model != width;
             vec![
-                if i == 0 { "**best**".to_string() } else { String::new() },
+                if first_of_width { "**best**".to_string() } else { String::new() },
                 format!("`{}`", run.name),
+                format!("d{width}"),
                 format!("{}", run.config.train.lr),
                 format!("{}", run.config.train.table_lr),
                 format::count(run.params as u64),
@@ -66,7 +71,7 @@ fn tuning_table(runs: &[&RunSummaryFile]) -> String {
             ]
         })
         .collect();
-    table(&["", "run", "lr", "table lr", "params", "steps", "final train loss", "C4 ppl"], &rows)
+    table(&["", "run", "width", "lr", "table lr", "params", "steps", "final train loss", "C4 ppl"], &rows)
 }
 
 fn c4_ppl(run: &RunSummaryFile) -> f64 {
@@ -93,8 +98,23 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
         out += &format!("\nThe same models (chosen on C4) on `{set}`:\n\n{}", table1(&best, &methods, set));
     }
     out += &ordering(&best);
+    out += &minima(&points, &best);
     out += &figure1(study, drawn);
-    out + "\n### Every point\n\n" + &all_points(&points, &sets)
+    out + "\n### Every point\n\n" + EVERY_POINT + &all_points(&points, &sets)
+}
+
+const EVERY_POINT: &str =
+    "`epochs`: passes over the training data. `FFW` and `head`: the shares of a training step's FLOPs \
+     (`model::flops`) spent in the feed-forward layers and in the output head; at small widths the head \
+     (`6·V·d` per token, against `O(d²)` per block) takes most of the budget, so the feed-forward kinds differ \
+     in quality far more than in cost.\n\n";
+
+/// The shares of a training step's FLOPs spent in the feed-forward layers and in the output head.
+fn flop_shares(point: &Point) -> (f64, f64) {
+    let model = &point.config.model;
+    let total = flops::model(model).train();
+    let ffw: f64 = (0..model.n_layers).map(|b| flops::feed_forward(model, b).train()).sum();
+    (ffw / total, flops::output_head(model).train() / total)
 }
 
 fn table1(best: &[BudgetBest], methods: &[String], set: &str) -> String {
@@ -142,6 +162,32 @@ fn ordering(best: &[BudgetBest]) -> String {
         out += &format!("- **{}**: {}; {verdict}.\n", format::budget(row.budget), chain.join(" < "));
     }
     out + "\n" + &pairs(best)
+}
+
+/// Whether each curve has a visible minimum: its best size is neither the smallest nor the largest run.
+fn minima(points: &[Point], best: &[BudgetBest]) -> String {
+    let mut out = "\nWhere each curve's best size lies among the sizes run (a visible minimum needs a worse size on \
+                   either side):\n\n"
+        .to_string();
+    for row in best {
+        let methods = study::ordered_methods(row.best.keys());
+        let cells: Vec<String> = methods
+            .iter()
+            .map(|m| {
+                let point = row.best[m];
+                let (position, sizes) = study::optimum_position(points, point);
+                let place = match position {
+                    study::Optimum::Interior => "inside the range: a visible minimum".to_string(),
+                    study::Optimum::Smallest => format!("the smallest of {sizes} sizes: no visible minimum"),
+                    study::Optimum::Largest => format!("the largest of {sizes} sizes: no visible minimum"),
+                    study::Optimum::Alone => "the only size run".to_string(),
+                };
+                format!("{} {} ({place})", format::method(m), size(point))
+            })
+            .collect();
+        out += &format!("- **{}**: {}.\n", format::budget(row.budget), cells.join("; "));
+    }
+    out
 }
 
 fn pairs(best: &[BudgetBest]) -> String {
@@ -196,7 +242,7 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
     let mut sorted: Vec<&Point> = points.iter().collect();
     sorted
         .sort_by(|a, b| a.budget.total_cmp(&b.budget).then(a.method().cmp(&b.method())).then(a.params.cmp(&b.params)));
-    let mut header = vec!["budget", "method", "size", "params", "seeds"];
+    let mut header = vec!["budget", "method", "size", "params", "seeds", "epochs", "FFW", "head"];
     let set_headers: Vec<String> = sets.iter().map(|s| format!("{s} ppl")).collect();
     header.extend(set_headers.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = sorted
@@ -208,6 +254,9 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
                 size(p),
                 format::count(p.params as u64),
                 p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                format!("{:.2}", p.epochs.mean),
+                format::percent(flop_shares(p).0),
+                format::percent(flop_shares(p).1),
             ];
             row.extend(
                 sets.iter().map(|s| p.perplexity(s).map_or("—".to_string(), |v| format::spread(v, format::ppl))),
