@@ -21,6 +21,11 @@
 //! 1e38 without a word. So [`Checkpoint::save`] adds the metadata key `tensor_checksums`, a JSON object
 //! giving each tensor's FNV-1a 64 hash of its bytes as stored (as token shards do), and `parse` checks
 //! each one, naming the tensor that does not match. Files written before the key existed still load.
+//!
+//! Tensors are F32, or BF16 when [`Checkpoint::save_as`] is asked for it (`peerlm export --tables bf16`
+//! stores expert tables so); [`Checkpoint::parse`] widens BF16 back to f32. [`Header`] checks a file's
+//! header without reading its data, for a loader that memory-maps the tensors instead of copying them
+//! (`crate::infer`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +33,6 @@ use std::path::Path;
 
 use crate::data::atomic_file::AtomicFile;
 use crate::data::fnv::Fnv1a;
-use crate::data::shard::checksum;
 use crate::kernels::memory;
 use crate::tensor::Tensor;
 
@@ -60,14 +64,23 @@ pub const CHECKSUMS_KEY: &str = "tensor_checksums";
 impl Checkpoint {
     /// Writes the checkpoint to `path` atomically: a temporary file beside it, fsync, rename.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        self.save_as(path, |_| Dtype::F32)
+    }
+
+    /// [`Checkpoint::save`], storing each tensor in the type `dtype_of` gives its name. The f32 tensors
+    /// come first in the data, so that each starts 4-byte aligned (a memory map can lend them out).
+    pub fn save_as(&self, path: &Path, dtype_of: impl Fn(&str) -> Dtype) -> Result<(), CheckpointError> {
         let err = |e: crate::data::DataError| CheckpointError(format!("saving checkpoint: {e}"));
+        let mut stored: Vec<(&str, Dtype, &Tensor<f32>)> =
+            self.tensors.iter().map(|(name, tensor)| (name.as_str(), dtype_of(name), tensor)).collect();
+        stored.sort_by_key(|&(_, dtype, _)| dtype == Dtype::Bf16);
         let mut file = AtomicFile::create(path).map_err(err)?;
-        file.write_all(&self.header()).map_err(err)?;
+        file.write_all(&self.header(&stored)).map_err(err)?;
         let mut bytes = Vec::with_capacity(1 << 16);
-        for (_, tensor) in &self.tensors {
+        for (_, dtype, tensor) in &stored {
             for chunk in tensor.data().chunks(1 << 14) {
                 bytes.clear();
-                bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                dtype.encode(chunk, &mut bytes);
                 file.write_all(&bytes).map_err(err)?;
             }
         }
@@ -75,21 +88,21 @@ impl Checkpoint {
     }
 
     /// The length prefix and the padded JSON header, with the tensors' checksums added to the metadata.
-    fn header(&self) -> Vec<u8> {
+    fn header(&self, stored: &[(&str, Dtype, &Tensor<f32>)]) -> Vec<u8> {
         let mut entries = serde_json::Map::new();
-        let sums: BTreeMap<&str, String> = self
-            .tensors
+        let sums: BTreeMap<&str, String> = stored
             .iter()
-            .map(|(name, tensor)| (name.as_str(), format!("{:016x}", tensor_checksum(tensor))))
+            .map(|&(name, dtype, tensor)| (name, format!("{:016x}", tensor_checksum(tensor, dtype))))
             .collect();
         let mut metadata = self.metadata.clone();
         metadata.insert(CHECKSUMS_KEY.into(), serde_json::to_string(&sums).expect("strings serialise"));
         entries.insert("__metadata__".into(), serde_json::to_value(&metadata).expect("strings serialise"));
         let mut offset = 0usize;
-        for (name, tensor) in &self.tensors {
-            let end = offset + 4 * tensor.numel();
-            let entry = serde_json::json!({ "dtype": "F32", "shape": tensor.shape(), "data_offsets": [offset, end] });
-            entries.insert(name.clone(), entry);
+        for &(name, dtype, tensor) in stored {
+            let end = offset + dtype.size() * tensor.numel();
+            let entry =
+                serde_json::json!({ "dtype": dtype.name(), "shape": tensor.shape(), "data_offsets": [offset, end] });
+            entries.insert(name.to_string(), entry);
             offset = end;
         }
         let mut json = serde_json::to_vec(&entries).expect("a JSON map serialises");
@@ -107,7 +120,99 @@ impl Checkpoint {
         Self::parse(&bytes).map_err(|e| CheckpointError(format!("{}: {e}", path.display())))
     }
 
-    /// Parses a whole safetensors file; every malformation is an error.
+    /// Parses a whole safetensors file; every malformation is an error. Bf16 tensors are widened to f32.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let header = Header::parse(bytes)?;
+        let data = &bytes[header.data_start..];
+        if let Some(sums) = header.checksums()? {
+            for entry in &header.entries {
+                entry.verify(&sums, &data[entry.begin..entry.end])?;
+            }
+        }
+        let tensors = header
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let values = entry.decode(&data[entry.begin..entry.end]);
+                (entry.name, Tensor::from_vec(&entry.shape, values))
+            })
+            .collect();
+        Ok(Checkpoint { tensors, metadata: header.metadata })
+    }
+}
+
+/// How a tensor's elements are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    /// bfloat16: the top half of an f32 (8 exponent bits, 7 mantissa bits), rounded to nearest even.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+
+    /// The safetensors name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::Bf16 => "BF16",
+        }
+    }
+
+    /// Appends the little-endian bytes of `values` stored in this type.
+    fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        match self {
+            Dtype::F32 => out.extend(values.iter().flat_map(|x| x.to_le_bytes())),
+            Dtype::Bf16 => out.extend(values.iter().flat_map(|&x| to_bf16(x).to_le_bytes())),
+        }
+    }
+}
+
+/// Rounds an f32 to the nearest bfloat16 (ties to even); NaN stays NaN.
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+/// The f32 a bfloat16 stands for (exact).
+pub fn from_bf16(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// A file's checked header: its metadata and its tensors in data order, which tile the data part exactly.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub metadata: BTreeMap<String, String>,
+    pub entries: Vec<Entry>,
+    /// Where the data part starts in the file (its offsets count from here).
+    pub data_start: usize,
+}
+
+/// One tensor of a header.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte span within the data part.
+    pub begin: usize,
+    pub end: usize,
+}
+
+impl Header {
+    /// Reads and checks the header of the file `bytes` (the whole file: the data part must hold exactly
+    /// the bytes the tensors need); reads none of the tensor data.
     pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
         let fail = |msg: String| CheckpointError(msg);
         let prefix: [u8; 8] = bytes
@@ -128,13 +233,12 @@ impl Checkpoint {
                 metadata = serde_json::from_value(entry)
                     .map_err(|e| fail(format!("__metadata__ is not a map of strings: {e}")))?;
             } else {
-                let (shape, begin, end) = tensor_entry(&name, &entry)?;
-                spans.push((begin, end, name, shape));
+                spans.push(tensor_entry(name, &entry)?);
             }
         }
-        spans.sort();
+        spans.sort_by_key(|entry| (entry.begin, entry.end));
         let mut covered = 0;
-        for (begin, end, name, _) in &spans {
+        for Entry { begin, end, name, .. } in &spans {
             if *begin != covered {
                 return Err(fail(format!("tensor {name} starts at byte {begin}, expected {covered} (gap or overlap)")));
             }
@@ -146,60 +250,79 @@ impl Checkpoint {
                 data.len()
             )));
         }
-        if let Some(sums) = metadata.get(CHECKSUMS_KEY) {
-            verify_checksums(sums, &spans, data)?;
-        }
-        let tensors = spans
-            .into_iter()
-            .map(|(begin, end, name, shape)| {
-                let mut values = data[begin..end].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                // Through kernels::memory, so a restored expert table lands on huge pages as a fresh one does.
-                let values = memory::vec_from_fn((end - begin) / 4, || values.next().expect("span holds whole f32s"));
-                (name, Tensor::from_vec(&shape, values))
-            })
-            .collect();
-        Ok(Checkpoint { tensors, metadata })
+        Ok(Header { metadata, entries: spans, data_start: 8 + header_len as usize })
+    }
+
+    /// The stored checksum of each tensor, if the file has them (files written before they existed do not).
+    pub fn checksums(&self) -> Result<Option<BTreeMap<String, String>>, CheckpointError> {
+        let Some(sums) = self.metadata.get(CHECKSUMS_KEY) else { return Ok(None) };
+        let sums = serde_json::from_str(sums)
+            .map_err(|e| CheckpointError(format!("metadata {CHECKSUMS_KEY} is not a map of strings: {e}")))?;
+        Ok(Some(sums))
     }
 }
 
-/// The FNV-1a 64 hash of a tensor's little-endian bytes, as [`Checkpoint::save`] writes them.
-fn tensor_checksum(tensor: &Tensor<f32>) -> u64 {
-    let mut hash = Fnv1a::default();
-    for x in tensor.data() {
-        hash.update(&x.to_le_bytes());
+impl Entry {
+    /// Checks this tensor's bytes against its entry in `sums`.
+    pub fn verify(&self, sums: &BTreeMap<String, String>, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let mut hash = Fnv1a::default();
+        hash.update(bytes);
+        self.check_hash(sums, hash.value())
     }
-    hash.value()
-}
 
-/// Checks every tensor's bytes against the `tensor_checksums` metadata.
-fn verify_checksums(
-    sums: &str,
-    spans: &[(usize, usize, String, Vec<usize>)],
-    data: &[u8],
-) -> Result<(), CheckpointError> {
-    let sums: BTreeMap<String, String> = serde_json::from_str(sums)
-        .map_err(|e| CheckpointError(format!("metadata {CHECKSUMS_KEY} is not a map of strings: {e}")))?;
-    for (begin, end, name, _) in spans {
+    /// Compares `hash`, the FNV-1a 64 hash of this tensor's bytes (computed however the caller read
+    /// them), with its entry in `sums`.
+    pub fn check_hash(&self, sums: &BTreeMap<String, String>, hash: u64) -> Result<(), CheckpointError> {
+        let name = &self.name;
         let stored = sums
             .get(name)
             .ok_or_else(|| CheckpointError(format!("tensor {name}: no entry in metadata {CHECKSUMS_KEY}")))?;
-        let actual = format!("{:016x}", checksum(&data[*begin..*end]));
+        let actual = format!("{hash:016x}");
         if *stored != actual {
             return Err(CheckpointError(format!(
                 "tensor {name}: checksum mismatch (metadata says {stored}, its bytes hash to {actual}): the file is corrupt"
             )));
         }
+        Ok(())
     }
-    Ok(())
+
+    /// The tensor's values from its stored bytes, widened to f32.
+    pub fn decode(&self, bytes: &[u8]) -> Vec<f32> {
+        // Through kernels::memory, so a restored expert table lands on huge pages as a fresh one does.
+        match self.dtype {
+            Dtype::F32 => {
+                let mut values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                memory::vec_from_fn(bytes.len() / 4, || values.next().expect("span holds whole f32s"))
+            }
+            Dtype::Bf16 => {
+                let mut values = bytes.chunks_exact(2).map(|b| from_bf16(u16::from_le_bytes([b[0], b[1]])));
+                memory::vec_from_fn(bytes.len() / 2, || values.next().expect("span holds whole bf16s"))
+            }
+        }
+    }
 }
 
-/// Shape and byte span of one header entry, checked against each other.
-fn tensor_entry(name: &str, entry: &serde_json::Value) -> Result<(Vec<usize>, usize, usize), CheckpointError> {
-    let fail = |what: &str| CheckpointError(format!("tensor {name}: {what}"));
-    let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| fail("no dtype"))?;
-    if dtype != "F32" {
-        return Err(fail(&format!("dtype {dtype} is not F32")));
+/// The FNV-1a 64 hash of a tensor's little-endian bytes stored as `dtype`, as [`Checkpoint::save_as`]
+/// writes them.
+fn tensor_checksum(tensor: &Tensor<f32>, dtype: Dtype) -> u64 {
+    let mut hash = Fnv1a::default();
+    let mut bytes = Vec::with_capacity(1 << 16);
+    for chunk in tensor.data().chunks(1 << 14) {
+        bytes.clear();
+        dtype.encode(chunk, &mut bytes);
+        hash.update(&bytes);
     }
+    hash.value()
+}
+
+/// Shape, type and byte span of one header entry, checked against each other.
+fn tensor_entry(name: String, entry: &serde_json::Value) -> Result<Entry, CheckpointError> {
+    let fail = |what: &str| CheckpointError(format!("tensor {name}: {what}"));
+    let dtype = match entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| fail("no dtype"))? {
+        "F32" => Dtype::F32,
+        "BF16" => Dtype::Bf16,
+        other => return Err(fail(&format!("dtype {other} is neither F32 nor BF16"))),
+    };
     let as_usizes = |key: &str| -> Result<Vec<usize>, CheckpointError> {
         let list = entry.get(key).and_then(|v| v.as_array()).ok_or_else(|| fail(&format!("no {key} list")))?;
         list.iter()
@@ -209,11 +332,12 @@ fn tensor_entry(name: &str, entry: &serde_json::Value) -> Result<(Vec<usize>, us
     let shape = as_usizes("shape")?;
     let offsets = as_usizes("data_offsets")?;
     let [begin, end] = offsets[..] else { return Err(fail("data_offsets must hold two numbers")) };
-    let bytes = shape.iter().try_fold(4usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| fail("shape overflows"))?;
+    let bytes =
+        shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).ok_or_else(|| fail("shape overflows"))?;
     if end < begin || end - begin != bytes {
-        return Err(fail(&format!("data_offsets [{begin}, {end}] do not hold shape {shape:?} of f32")));
+        return Err(fail(&format!("data_offsets [{begin}, {end}] do not hold shape {shape:?} of {}", dtype.name())));
     }
-    Ok((shape, begin, end))
+    Ok(Entry { name, dtype, shape, begin, end })
 }
 
 #[cfg(test)]
@@ -254,6 +378,29 @@ mod tests {
     }
 
     #[test]
+    fn bf16_tensors_round_to_nearest_and_come_back_as_f32() {
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // a tie rounds to even
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        let dir = std::env::temp_dir().join(format!("peerlm-ckpt-bf16-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.safetensors");
+        sample().save_as(&path, |name| if name == "b" { Dtype::Bf16 } else { Dtype::F32 }).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = Header::parse(&bytes).unwrap();
+        let order: Vec<(&str, Dtype)> = header.entries.iter().map(|e| (e.name.as_str(), e.dtype)).collect();
+        assert_eq!(order, [("a", Dtype::F32), ("scalar", Dtype::F32), ("b", Dtype::Bf16)]);
+        let back = Checkpoint::parse(&bytes).unwrap();
+        let b = &back.tensors.iter().find(|(name, _)| name == "b").unwrap().1;
+        assert_eq!(b.data(), [1., -2., 3.5, f32::MIN_POSITIVE, 0., -0.]); // all exact in bf16
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x80;
+        assert!(Checkpoint::parse(&flipped).unwrap_err().0.starts_with("tensor b: checksum mismatch"));
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
         let bytes = bytes_of(&sample());
         for cut in 0..bytes.len() {
@@ -266,7 +413,9 @@ mod tests {
         let bytes = bytes_of(&sample());
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
-        for (from, to) in [("F32", "F16"), ("[2,3]", "[3,3]"), ("\"data_offsets\":[0,", "\"data_offsets\":[4,")] {
+        for (from, to) in
+            [("F32", "F16"), ("F32", "BF16"), ("[2,3]", "[3,3]"), ("\"data_offsets\":[0,", "\"data_offsets\":[4,")]
+        {
             let bad = header.replacen(from, to, 1);
             assert_ne!(bad, header, "{from} not in the header");
             let mut file = (bad.len() as u64).to_le_bytes().to_vec();

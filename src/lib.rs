@@ -15,8 +15,10 @@
 //!   owns a run's output directory; `sweep` runs grids of training runs (the paper's isoFLOP comparison and
 //!   ablations); `study` turns their summaries into the report's numbers (seed means and spreads, best size
 //!   per budget);
-//! - `data` (feature `io`): C4 reader, BPE tokenizer, token shards and the training-window loader, beside
-//!   the engine rather than on top of it.
+//! - `infer` (feature `infer`): a model opened from a memory-mapped file, generating and scoring text
+//!   without a tape or an optimizer; its C ABI (`include/peerlm.h`);
+//! - `data` (feature `io`): C4 reader (feature `c4`), BPE tokenizer, token shards and the training-window
+//!   loader, beside the engine rather than on top of it.
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the whole project and `docs/TOUR.md` for a guided reading.
 
@@ -28,8 +30,12 @@ pub mod checkpoint;
 pub mod data;
 #[cfg(feature = "io")]
 pub mod eval;
+#[cfg(feature = "infer")]
+pub mod ffi;
 pub mod grad;
 pub mod gradcheck;
+#[cfg(feature = "infer")]
+pub mod infer;
 pub mod kernels;
 pub mod model;
 pub mod nn;

@@ -10,11 +10,24 @@ use rand::RngCore;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rng {
     state: u64,
+    placeholder: bool,
 }
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng { state: seed }
+        Rng { state: seed, placeholder: false }
+    }
+
+    /// A generator for building a model whose weights are about to be replaced (by a checkpoint's or a
+    /// model file's): [`crate::Tensor::randn`] and [`crate::Tensor::uniform`] given it (or a fork of it)
+    /// draw nothing and return zeros whose pages are never touched, so a million-expert table costs
+    /// neither time nor memory. Drawing from it directly still works, as from `Rng::new(0)`.
+    pub fn placeholder() -> Self {
+        Rng { state: 0, placeholder: true }
+    }
+
+    pub fn is_placeholder(&self) -> bool {
+        self.placeholder
     }
 
     /// The whole state, for checkpoints; `Rng::new(rng.state())` continues the same stream.
@@ -26,7 +39,7 @@ impl Rng {
     /// a layer does not shift every other layer's initialisation.
     pub fn fork(&self, label: u64) -> Rng {
         let mut mixer = Rng::new(self.state ^ label.wrapping_mul(0xA076_1D64_78BD_642F));
-        Rng::new(mixer.next_u64())
+        Rng { placeholder: self.placeholder, ..Rng::new(mixer.next_u64()) }
     }
 
     /// Uniform in [0, 1) with 53 random bits.

@@ -540,7 +540,7 @@ pub fn machine() -> String {
         .lines()
         .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split(':').nth(1)))
         .map_or("unknown CPU", str::trim);
-    format!("{model}, {} threads", rayon::current_num_threads())
+    format!("{model}, {} threads", crate::kernels::parallel::current_num_threads())
 }
 
 /// Today's date in UTC, `YYYY-MM-DD` (the civil-from-days algorithm of H. Hinnant's date library).

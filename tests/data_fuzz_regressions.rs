@@ -1,7 +1,7 @@
 //! Replays every input under `tests/fuzz_regressions/<target>/` through the parser its fuzz target drives
 //! (`fuzz/fuzz_targets/<target>.rs`): each must give `Ok` or an error, never a panic. A crash the fuzzer
 //! finds is copied here so that it stays fixed; the hand-made seeds cover the nastiest shapes we know of.
-#![cfg(feature = "io")]
+#![cfg(feature = "c4")]
 
 use std::path::PathBuf;
 

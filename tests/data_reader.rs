@@ -1,5 +1,5 @@
 //! The C4 reader on the real bundled sample and on malformed files.
-#![cfg(feature = "io")]
+#![cfg(feature = "c4")]
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! The BPE tokenizer: exact round trips (proptest), deterministic training, file round trip.
-#![cfg(feature = "io")]
+#![cfg(feature = "c4")]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -8,15 +8,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peerlm::checkpoint::Checkpoint;
+use peerlm::checkpoint::{Checkpoint, Header};
 
 fn check(bytes: &[u8]) {
     if let Ok(checkpoint) = Checkpoint::parse(bytes) {
         // A parsed file is its length prefix, its header, and tensors that fill the data exactly:
-        // 4 bytes per element, nothing left over.
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("a parsed file has a prefix"));
+        // 4 bytes per F32 element, 2 per BF16 one, nothing left over.
+        let header = Header::parse(bytes).expect("a parsed file has a valid header");
+        let stored: usize = header.entries.iter().map(|e| e.dtype.size() * e.shape.iter().product::<usize>()).sum();
         let elements: usize = checkpoint.tensors.iter().map(|(_, t)| t.numel()).sum();
-        assert_eq!(8 + header_len as usize + 4 * elements, bytes.len());
+        assert_eq!(elements, header.entries.iter().map(|e| e.shape.iter().product::<usize>()).sum::<usize>());
+        assert_eq!(header.data_start + stored, bytes.len());
     }
 }
 

@@ -14,11 +14,12 @@ use peerlm::eval::text::{
 use peerlm::eval::{layer_usage, LayerUsage};
 use peerlm::model::{Gpt, ModelConfig};
 
-use super::{load_model, open_shards};
+use super::{open_model, open_shards};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A checkpoint written by `peerlm train`; its own tokenizer encodes --text files.
+    /// A model file written by `peerlm export`, or a checkpoint written by `peerlm train` (memory-mapped);
+    /// its own tokenizer encodes --text files.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Raw text to score: plain .txt/.raw files (one document each) or JSON lines (.jsonl, .json,
@@ -46,11 +47,16 @@ pub struct EvalArgs {
     /// Load the model even if its estimated memory exceeds what is available.
     #[arg(long)]
     no_memory_check: bool,
+    /// Also check the expert and value tables against the file's checksums (streaming reads; the other
+    /// tensors are always checked).
+    #[arg(long)]
+    verify_tables: bool,
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), Box<dyn Error>> {
     let batch = |m: &ModelConfig| windows_per_batch(m.vocab_size, m.seq_len);
-    let (mut model, tokenizer) = load_model(&args.checkpoint, batch, args.no_memory_check)?;
+    let mut opened = open_model(&args.checkpoint, batch, args.no_memory_check, args.verify_tables)?;
+    let (model, tokenizer) = opened.parts();
     let context = model.config().seq_len;
     let protocol = Protocol { context, stride: args.stride.unwrap_or(context) };
     protocol.check(context).map_err(|e| format!("--stride: {e}"))?;
@@ -58,16 +64,16 @@ pub fn run(args: &EvalArgs) -> Result<(), Box<dyn Error>> {
     let mut total = Score::default();
     if args.data.is_empty() {
         for path in &args.text {
-            let report = score_file(&mut model, &tokenizer, path, args, &protocol)?;
+            let report = score_file(model, tokenizer, path, args, &protocol)?;
             total.add(&report.total);
             if args.lambada {
-                print_lambada(&mut model, &tokenizer, path, &args.field, context)?;
+                print_lambada(model, tokenizer, path, &args.field, context)?;
             }
         }
     } else {
-        let id = TokenizerId::of(&tokenizer, args.checkpoint.display().to_string());
+        let id = TokenizerId::of(tokenizer, args.checkpoint.display().to_string());
         for dir in &args.data {
-            let report = score_data_dir(&mut model, &tokenizer, &id, dir, args.per_doc, &protocol)?;
+            let report = score_data_dir(model, tokenizer, &id, dir, args.per_doc, &protocol)?;
             total.add(&report.total);
         }
     }

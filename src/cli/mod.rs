@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use peerlm::checkpoint::Checkpoint;
-use peerlm::data::{tokenizer_file, TokenDataset, Tokenizer, TokenizerId};
-use peerlm::model::{memory as model_memory, Gpt, ModelConfig};
+use peerlm::data::{TokenDataset, Tokenizer, TokenizerId};
+use peerlm::infer::{Model, OpenOptions, Verify};
+use peerlm::model::memory::{self as model_memory, MemoryEstimate};
+use peerlm::model::{Gpt, ModelConfig};
 use peerlm::sample::{generate, SampleConfig};
 
 mod eval;
+mod export;
 mod interrupt;
 mod memory;
 mod prepare;
@@ -38,6 +40,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Continue a prompt with a trained model.
     Sample(sample::SampleArgs),
+    /// Write a checkpoint's model (weights, config, tokenizer; no optimizer state) as an inference file.
+    Export(export::ExportArgs),
     /// Run (or list) the grid of training runs a sweep spec describes, resumably.
     Sweep(sweep::SweepArgs),
     /// Write docs/REPRODUCTION.md and its figures from the sweeps' run summaries.
@@ -51,6 +55,7 @@ pub fn run() -> Result<ExitCode, Box<dyn Error>> {
         Command::Train(args) => return train::run(&args),
         Command::Eval(args) => eval::run(&args)?,
         Command::Sample(args) => sample::run(&args)?,
+        Command::Export(args) => export::run(&args)?,
         Command::Sweep(args) => return sweep::run(&args),
         Command::Report(args) => report::run(&args)?,
     }
@@ -74,31 +79,20 @@ fn shard_paths(dir: &Path, split: &str) -> Result<Vec<PathBuf>, Box<dyn Error>> 
     Ok(paths)
 }
 
-/// The model and tokenizer stored in a checkpoint, if the model fits in memory at `batch_size` sequences
-/// (refused if
-/// the tokenizer is not the one it was trained with: its hash is checked on load).
-fn load_model(
+/// The model (and tokenizer) of a model file or training checkpoint, memory-mapped, if its activations at
+/// `batch_size` sequences fit in memory (the weights are mapped: the page cache holds them, not the heap);
+/// `verify_tables` also checks the tables' checksums by streaming reads.
+fn open_model(
     path: &Path,
     batch_size: impl Fn(&ModelConfig) -> usize,
     unchecked: bool,
-) -> Result<(Gpt<f32>, Tokenizer), Box<dyn Error>> {
-    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let checkpoint = Checkpoint::load(path)?;
-    let config = peerlm::train::checkpoint_config(&checkpoint).map_err(|e| in_file(&e))?;
-    let needed = model_memory::inference(&config.model, batch_size(&config.model));
-    memory::check(&path.display().to_string(), &needed, unchecked)?;
-    let (model, _, metadata) = peerlm::train::load_model(checkpoint).map_err(|e| in_file(&e))?;
-    let text = metadata.get("tokenizer").ok_or_else(|| in_file(&"the checkpoint holds no tokenizer"))?;
-    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))?;
-    if tokenizer.vocab_size() > model.config().vocab_size {
-        return Err(in_file(&format_args!(
-            "its tokenizer has {} tokens, more than the model's vocab_size {}",
-            tokenizer.vocab_size(),
-            model.config().vocab_size
-        ))
-        .into());
-    }
-    Ok((model, tokenizer))
+    verify_tables: bool,
+) -> Result<Model, Box<dyn Error>> {
+    let verify = if verify_tables { Verify::All } else { Verify::Small };
+    let model = Model::open_with(path, &OpenOptions { verify, ..OpenOptions::default() })?;
+    let estimate = model_memory::inference(model.config(), batch_size(model.config()));
+    memory::check(&path.display().to_string(), &MemoryEstimate { param_bytes: 0.0, ..estimate }, unchecked)?;
+    Ok(model)
 }
 
 /// The `<split>_*.bin` shards of a prepared directory, refused unless `tokenizer` wrote them; prints what
@@ -135,22 +129,38 @@ fn print_sample(
     }
     let config =
         SampleConfig { max_new_tokens: tokens, temperature, top_k, seed, stop_token: Some(tokenizer.end_of_text()) };
-    let mut out = std::io::stdout().lock();
-    write!(out, "sample: {prompt}")?;
-    // Tokens may split a UTF-8 character: decode the growing tail and print only what is complete.
-    let mut pending: Vec<u8> = Vec::new();
-    generate(model, &prompt_ids, &config, |token| {
-        if let Some(bytes) = tokenizer.token_bytes(token) {
-            pending.extend_from_slice(bytes);
-        }
-        let valid = match std::str::from_utf8(&pending) {
-            Ok(_) => pending.len(),
+    let mut printer = Utf8Printer::start(prompt)?;
+    generate(model, &prompt_ids, &config, |token| printer.print(tokenizer.token_bytes(token).unwrap_or_default()));
+    printer.finish()
+}
+
+/// Prints a sample's text as its tokens' bytes arrive: tokens may split a UTF-8 character, so it prints
+/// only what is complete and keeps the tail.
+struct Utf8Printer {
+    out: std::io::StdoutLock<'static>,
+    pending: Vec<u8>,
+}
+
+impl Utf8Printer {
+    fn start(prompt: &str) -> Result<Self, Box<dyn Error>> {
+        let mut out = std::io::stdout().lock();
+        write!(out, "sample: {prompt}")?;
+        Ok(Utf8Printer { out, pending: Vec::new() })
+    }
+
+    fn print(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
             Err(e) => e.valid_up_to(),
         };
-        let _ = out.write_all(&pending[..valid]);
-        let _ = out.flush();
-        pending.drain(..valid);
-    });
-    writeln!(out)?;
-    Ok(())
+        let _ = self.out.write_all(&self.pending[..valid]);
+        let _ = self.out.flush();
+        self.pending.drain(..valid);
+    }
+
+    fn finish(mut self) -> Result<(), Box<dyn Error>> {
+        writeln!(self.out)?;
+        Ok(())
+    }
 }

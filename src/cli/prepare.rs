@@ -138,7 +138,7 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
         written.extend(valid_stats.shards);
     }
     remove_stale_shards(&old_outputs, &written)?;
-    let threads = rayon::current_num_threads();
+    let threads = peerlm::kernels::parallel::current_num_threads();
     println!("time: {:.1} s on {threads} threads, output in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
 }

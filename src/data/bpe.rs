@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Mutex;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::error::{DataError, Result};
 use super::fxhash::{FxHashMap, FxHashSet};
@@ -84,7 +84,8 @@ impl Tokenizer {
             let bytes = [token_bytes[left as usize].as_slice(), token_bytes[right as usize].as_slice()].concat();
             token_bytes.push(bytes);
         }
-        let caches = (0..=rayon::current_num_threads()).map(|_| Mutex::new(FxHashMap::default())).collect();
+        let caches =
+            (0..=crate::kernels::parallel::current_num_threads()).map(|_| Mutex::new(FxHashMap::default())).collect();
         Ok(Tokenizer { merges, ranks, token_bytes, caches })
     }
 
@@ -132,7 +133,8 @@ impl Tokenizer {
 
     /// Append the ids of `text` to `ids`.
     pub fn encode_into(&self, text: &str, ids: &mut Vec<u32>) {
-        let slot = rayon::current_thread_index().map_or(self.caches.len() - 1, |i| i.min(self.caches.len() - 1));
+        let slot = crate::kernels::parallel::current_thread_index()
+            .map_or(self.caches.len() - 1, |i| i.min(self.caches.len() - 1));
         let mut cache = self.caches[slot].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for word in pre_split(text) {
             if let Some(cached) = cache.get(word) {
@@ -224,23 +226,28 @@ fn merge_pair(ids: &mut Vec<u32>, left: u32, right: u32, merged: u32) {
     ids.truncate(write);
 }
 
-/// How often each pre-split word occurs, counted in parallel over documents and merged.
+/// Documents per word-counting task: enough to amortise a task's hash map, few enough maps at once.
+const COUNT_CHUNK: usize = 1024;
+
+/// How often each pre-split word occurs, counted in parallel over chunks of documents and merged.
 fn count_words<S: AsRef<str> + Sync>(documents: &[S]) -> FxHashMap<&str, u64> {
-    documents
-        .par_iter()
-        .fold(FxHashMap::default, |mut counts: FxHashMap<&str, u64>, document| {
-            for word in pre_split(document.as_ref()) {
+    let partials: Vec<FxHashMap<&str, u64>> = documents
+        .par_chunks(COUNT_CHUNK)
+        .map(|chunk| {
+            let mut counts: FxHashMap<&str, u64> = FxHashMap::default();
+            for word in chunk.iter().flat_map(|document| pre_split(document.as_ref())) {
                 *counts.entry(word).or_insert(0) += 1;
             }
             counts
         })
-        .reduce(FxHashMap::default, |mut a, b| {
-            let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, std::mem::take(&mut a)) };
-            for (word, count) in small {
-                *big.entry(word).or_insert(0) += count;
-            }
-            big
-        })
+        .collect();
+    partials.into_iter().fold(FxHashMap::default(), |a, b| {
+        let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+        for (word, count) in small {
+            *big.entry(word).or_insert(0) += count;
+        }
+        big
+    })
 }
 
 /// The state of the merge loop: the distinct words as id sequences, the count of every adjacent pair,

@@ -15,7 +15,7 @@
 //! Bits per byte divide the nats by `ln 2` and by the UTF-8 bytes of the scored text, which do not depend
 //! on the tokenizer: the figure compares models with different vocabularies.
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::data::Tokenizer;
 use crate::kernels::vector::log_sum_exp;

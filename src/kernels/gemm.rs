@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::{flop_count, memory, Float};
 

@@ -28,7 +28,7 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 /// Buffers from this size up are advised onto huge pages: below it, a 2 MiB page would mostly hold
 /// other allocations' memory.

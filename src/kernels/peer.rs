@@ -40,7 +40,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::gelu::{gelu, gelu_grad, Fma};
 use super::memory::{self, prefetch_row};

@@ -13,7 +13,7 @@
 //! - equal values: the lower index ranks first;
 //! - NaN ranks below every number (even −∞); NaNs among themselves by lower index.
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::{Float, Lanes, SimdVec};
 

@@ -21,7 +21,7 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::float::MAX_LANES;
 use super::{Float, Lanes, SimdVec};

@@ -168,7 +168,16 @@ pub struct Output<T: Float = f32> {
 impl<T: Float> Gpt<T> {
     /// Builds the model with GPT-2's initialisation (N(0, 0.02²) embeddings); `config` must be valid.
     pub fn new(config: &ModelConfig, seed: u64) -> Self {
-        let root = Rng::new(seed);
+        Self::with_rng(config, Rng::new(seed))
+    }
+
+    /// The model's structure with untouched zeros for weights, to be replaced by a file's (see
+    /// [`Rng::placeholder`]): building it costs no time or memory however large its tables.
+    pub fn placeholder(config: &ModelConfig) -> Self {
+        Self::with_rng(config, Rng::placeholder())
+    }
+
+    fn with_rng(config: &ModelConfig, root: Rng) -> Self {
         let (d, vocab) = (config.d_model, config.vocab_size);
         let token_embedding =
             Param::new("token_embedding", ParamKind::Weight, Tensor::randn(&[vocab, d], 0.02, &mut root.fork(1)));

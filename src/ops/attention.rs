@@ -16,7 +16,7 @@
 //! that speed. The (batch, head) pairs run in parallel with rayon; each pair's arithmetic is sequential and
 //! its results are scattered back in a fixed order, so the result does not depend on the thread count.
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::grad::Grad;
 use crate::kernels::{gemm, Float, MatRef};

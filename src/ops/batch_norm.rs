@@ -20,7 +20,7 @@
 //! PEER normalises R = tokens·heads rows (32768 for 4096 tokens and 8 heads), so every loop runs in
 //! parallel over fixed chunks of rows; the column sums add up the chunks' partial sums in chunk order.
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::grad::Grad;
 use crate::kernels::Float;

@@ -8,7 +8,7 @@
 //!   `out[t] = Σ_j w[t,j]·table[ids[t·k + j]]`, fused so that the `[T, k, d]` block of rows is never
 //!   materialised; its table gradient is grouped per distinct row ([`RowGroups`]).
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::grad::{Grad, RowGrad};
 use crate::kernels::vector::{axpy, row_dot};

@@ -25,7 +25,7 @@
 //! forward. The selection scores row blocks of [`ROW_BLOCK`] rows at a time, so the scores stay in
 //! cache, and keeps the selected sums as the op's output values rather than recomputing R·k dot products.
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::grad::Grad;
 use crate::kernels::topk::{topk_row_into, TopKBuffer};

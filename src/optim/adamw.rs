@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::sparse_adam::update_rows;
 use crate::grad::Grad;

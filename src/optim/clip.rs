@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use crate::grad::Grad;
 use crate::param::Param;

@@ -24,7 +24,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
+use crate::kernels::parallel::prelude::*;
 
 use super::adamw::{adam_update, AdamCoefficients};
 use crate::grad::RowGrad;
