@@ -299,8 +299,8 @@ pub struct RunSummaryFile {
     pub epochs: f64,
     /// Loss of the last step (none if it is not on record).
     pub final_train_loss: Option<f64>,
-    /// Wall-clock seconds spent in training steps over every sitting of the run, and its throughput
-    /// (steps written by a peerlm that did not record their time count as 0 seconds).
+    /// Wall-clock seconds of the training loop (steps, checkpoints, periodic validation) over every sitting
+    /// of the run, and its throughput (steps written by a peerlm that did not record their time count as 0).
     pub train_seconds: f64,
     pub tokens_per_second: f64,
     /// Held-out sets by name (`c4` is the C4 validation split).

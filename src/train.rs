@@ -467,8 +467,9 @@ pub struct RunSummary {
     pub final_valid_loss: Option<f64>,
     /// Training throughput of this process (0 if it took no step).
     pub tokens_per_second: f64,
-    /// Seconds spent in training steps since step 0, over every process that trained the run (read back from
-    /// `metrics.jsonl` on resume; lines written before the field existed count as 0).
+    /// Wall-clock seconds of the training loop since step 0 (steps, checkpoints, periodic validation), over
+    /// every process that trained the run (read back from `metrics.jsonl` on resume; lines written before
+    /// the field existed count as 0).
     pub train_seconds: f64,
     pub checkpoint: PathBuf,
     /// The run stopped because [`RunOptions::stop`] was set.

@@ -7,8 +7,10 @@ use std::process::{Command, Output};
 
 use peerlm::checkpoint::Checkpoint;
 use peerlm::data::{tokenizer_file, DocumentReader, Tokenizer};
-use peerlm::model::FfwKind;
 use peerlm::train::{RunConfig, Trainer};
+
+#[path = "common/tiny_peer.rs"]
+mod tiny_peer;
 
 const VOCAB: usize = 300;
 
@@ -48,13 +50,7 @@ fn write_jsonl(path: &Path, documents: &[String], field: &str) {
 }
 
 fn config() -> RunConfig {
-    let mut config = RunConfig::default();
-    let m = &mut config.model;
-    (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (VOCAB, 32, 32, 2, 2, FfwKind::Peer);
-    m.ffw_blocks = Some(vec![1]);
-    m.dense.d_ff = 64;
-    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (256, 2, 4, 16);
-    m.propagate_d_model();
+    let config = tiny_peer::config(VOCAB, 32);
     config.validate().unwrap();
     config
 }

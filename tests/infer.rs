@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use peerlm::checkpoint::{Checkpoint, Dtype};
 use peerlm::data::{tokenizer_file, Batch, Tokenizer};
 use peerlm::infer::{export, Load, Model, OpenOptions, Options, Verify};
-use peerlm::model::FfwKind;
 use peerlm::nn::Module;
 use peerlm::param::ParamKind;
 use peerlm::tape::Tape;
 use peerlm::train::{RunConfig, Trainer};
+
+#[path = "common/tiny_peer.rs"]
+mod tiny_peer;
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. \
                     Experts in a pool: a million of them, each a single neuron, retrieved by product keys.";
@@ -23,13 +25,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn config(vocab: usize) -> RunConfig {
-    let mut config = RunConfig::default();
-    let m = &mut config.model;
-    (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (vocab, 16, 32, 2, 2, FfwKind::Peer);
-    m.ffw_blocks = Some(vec![1]);
-    m.dense.d_ff = 64;
-    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (256, 2, 4, 16);
-    m.propagate_d_model();
+    let config = tiny_peer::config(vocab, 16);
     config.validate().unwrap();
     config
 }

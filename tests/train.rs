@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use peerlm::checkpoint::Checkpoint;
 use peerlm::data::loader::Batch;
 use peerlm::data::{shard, DocumentReader, TokenDataset, Tokenizer};
-use peerlm::model::FfwKind;
 use peerlm::nn::Module;
 use peerlm::sample::{generate, SampleConfig};
 use peerlm::train::{self, RunConfig, RunOptions, Trainer};
 use peerlm::Tape;
+
+#[path = "common/tiny_peer.rs"]
+mod tiny_peer;
 
 const VOCAB: usize = 320;
 
@@ -32,13 +34,7 @@ fn prepare(dir: &Path) -> (Tokenizer, TokenDataset, TokenDataset) {
 }
 
 fn config() -> RunConfig {
-    let mut config = RunConfig::default();
-    let m = &mut config.model;
-    (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (VOCAB, 32, 32, 2, 2, FfwKind::Peer);
-    m.ffw_blocks = Some(vec![1]);
-    m.dense.d_ff = 64;
-    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (256, 2, 4, 16);
-    m.propagate_d_model();
+    let mut config = tiny_peer::config(VOCAB, 32);
     let t = &mut config.train;
     (t.batch_size, t.steps, t.lr, t.table_lr, t.warmup_steps) = (4, 40, 3e-3, 3e-3, 5);
     (t.eval_every, t.eval_batches, t.checkpoint_every) = (20, 4, 20);

@@ -1,11 +1,12 @@
 //! Checkpoint parsing on arbitrary bytes: the safetensors header length, the JSON header, each tensor's
 //! dtype, shape and byte span, and the spans' tiling of the data.
 //!
-//! Random bytes almost never start with a plausible 8-byte header length, so each input is also tried as
-//! a "shaped" file: the first two bytes choose where the header ends, the correct length prefix is
-//! written in front of it, and the rest follows as tensor data. That lets the fuzzer reach the JSON and
-//! span checks.
+//! Each input is also tried "shaped" (`shared/safetensors_shape.rs`), so that the fuzzer reaches the JSON
+//! and span checks.
 #![no_main]
+
+#[path = "shared/safetensors_shape.rs"]
+mod safetensors_shape;
 
 use libfuzzer_sys::fuzz_target;
 use peerlm::checkpoint::{Checkpoint, Header};
@@ -22,17 +23,9 @@ fn check(bytes: &[u8]) {
     }
 }
 
-fn shaped(data: &[u8]) -> Option<Vec<u8>> {
-    let (split, rest) = data.split_first_chunk::<2>()?;
-    let header_len = usize::from(u16::from_le_bytes(*split)).min(rest.len());
-    let mut bytes = (header_len as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(rest);
-    Some(bytes)
-}
-
 fuzz_target!(|data: &[u8]| {
     check(data);
-    if let Some(bytes) = shaped(data) {
+    if let Some(bytes) = safetensors_shape::shaped(data) {
         check(&bytes);
     }
 });

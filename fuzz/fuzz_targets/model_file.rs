@@ -7,6 +7,9 @@
 //! that the fuzzer reaches the JSON; seed the corpus with a small exported model to reach the rest.
 #![no_main]
 
+#[path = "shared/safetensors_shape.rs"]
+mod safetensors_shape;
+
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
@@ -23,17 +26,9 @@ fn check(bytes: &[u8]) {
     }
 }
 
-fn shaped(data: &[u8]) -> Option<Vec<u8>> {
-    let (split, rest) = data.split_first_chunk::<2>()?;
-    let header_len = usize::from(u16::from_le_bytes(*split)).min(rest.len());
-    let mut bytes = (header_len as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(rest);
-    Some(bytes)
-}
-
 fuzz_target!(|data: &[u8]| {
     check(data);
-    if let Some(bytes) = shaped(data) {
+    if let Some(bytes) = safetensors_shape::shaped(data) {
         check(&bytes);
     }
 });

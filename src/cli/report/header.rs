@@ -30,8 +30,9 @@ pub fn setup(study: &Study) -> String {
     out += &format!("- Dates: {}.\n", range_of(&dates));
     let seconds: f64 = study.runs.iter().map(|r| r.train_seconds).sum();
     out += &format!(
-        "- Training wall time: {} ({} s) over {} runs, the sum of their `train_seconds` (training steps \
-         over every sitting of a run; evaluation and checkpoints not included).\n",
+        "- Training wall time: {} ({} s) over {} runs, the sum of their `train_seconds` (the training loop \
+         over every sitting of a run, its checkpoints and periodic validation included; the held-out scoring \
+         after training not).\n",
         format::duration(seconds),
         format::count(seconds.round() as u64),
         study.runs.len()

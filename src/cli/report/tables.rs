@@ -275,6 +275,7 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
     let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|p| {
+            let (ffw_share, head_share) = flop_shares(p);
             let mut row = vec![
                 format::budget(p.budget),
                 format::method(&p.method()),
@@ -284,8 +285,8 @@ fn all_points(points: &[Point], sets: &[String]) -> String {
                 format!("{}", p.config.train.table_lr),
                 p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
                 format!("{:.2}", p.epochs.mean),
-                format::percent(flop_shares(p).0),
-                format::percent(flop_shares(p).1),
+                format::percent(ffw_share),
+                format::percent(head_share),
             ];
             row.extend(
                 sets.iter().map(|s| p.perplexity(s).map_or("—".to_string(), |v| format::spread(v, format::ppl))),
