@@ -99,21 +99,34 @@ pub fn commands(study: &Study) -> String {
         .iter()
         .map(|grid| {
             let spec = study.specs.get(*grid).map_or("none found".to_string(), |p| format!("`{}`", p.display()));
-            vec![format!("`{grid}`"), study.grid(grid).len().to_string(), spec]
+            let planned = study.planned_count(grid);
+            let planned = if planned == 0 { "—".to_string() } else { planned.to_string() };
+            vec![format!("`{grid}`"), study.grid(grid).len().to_string(), planned, spec]
         })
         .collect();
-    out + "\n" + &table(&["grid", "runs", "spec"], &rows)
+    out + "\n" + &table(&["grid", "runs", "planned", "spec"], &rows)
 }
 
-/// Which grids of the study have no summaries yet.
+/// Which grids of the study have no summaries yet, and which have fewer than their spec plans.
 pub fn missing(study: &Study) -> String {
     let missing: Vec<String> = STUDY_GRIDS
         .iter()
-        .filter(|(grid, _)| !study.has(grid))
-        .map(|(grid, feeds)| format!("- `{grid}` ({feeds}): not run yet.\n"))
+        .filter_map(|(grid, feeds)| {
+            let (run, planned) = (study.grid(grid).len(), study.planned_count(grid));
+            if run == 0 {
+                Some(format!("- `{grid}` ({feeds}): not run yet.\n"))
+            } else if run < planned {
+                Some(format!("- `{grid}` ({feeds}): {run} of the {planned} runs its spec plans.\n"))
+            } else {
+                None
+            }
+        })
         .collect();
-    let body =
-        if missing.is_empty() { "Every grid of the study has summaries.\n".to_string() } else { missing.concat() };
+    let body = if missing.is_empty() {
+        "Every grid of the study has summaries, as many as its spec plans.\n".to_string()
+    } else {
+        missing.concat()
+    };
     format!("## What is missing\n\n{body}")
 }
 

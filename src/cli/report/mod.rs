@@ -3,14 +3,14 @@
 //! `header.rs` says what ran where and how to re-create it, `tables.rs` and `ablations.rs` hold the
 //! tables, `paper.rs` compares them with the paper, `figures.rs` draws, `format.rs` writes numbers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use peerlm::data::atomic_file;
 use peerlm::study::{self, Point};
-use peerlm::sweep::{RunSummaryFile, SweepSpec};
+use peerlm::sweep::{PlannedRun, RunSummaryFile, SweepSpec};
 
 mod ablations;
 mod figures;
@@ -53,7 +53,9 @@ const SWEEP_OUT: &str = "runs/study";
 pub struct Study {
     runs: Vec<RunSummaryFile>,
     /// The spec file that defines each grid.
-    specs: BTreeMap<String, PathBuf>,
+    specs: GridSpecFiles,
+    /// Every run those specs plan, run or not: what the report measures completeness against.
+    planned: Vec<PlannedRun>,
     args_summaries: PathBuf,
     args_out: PathBuf,
     specs_dir: PathBuf,
@@ -66,6 +68,32 @@ impl Study {
 
     fn has(&self, grid: &str) -> bool {
         self.runs.iter().any(|r| r.grid == grid)
+    }
+
+    /// How many runs the spec of `grid` plans.
+    fn planned_count(&self, grid: &str) -> usize {
+        self.planned.iter().filter(|r| r.grid == grid).count()
+    }
+
+    /// `(sizes run, sizes planned)` of `method`'s curve at `budget` in `grid`, when its spec plans sizes
+    /// that have not run yet: such a curve's best size may still move.
+    fn unfinished_curve(&self, grid: &str, method: &str, budget: f64) -> Option<(usize, usize)> {
+        let label =
+            |labels: &[(String, String)], axis: &str| labels.iter().find(|(a, _)| a == axis).map(|(_, v)| v.clone());
+        let planned: BTreeSet<Option<String>> = self
+            .planned
+            .iter()
+            .filter(|r| r.grid == grid && r.budget == budget && label(&r.labels, "method").as_deref() == Some(method))
+            .map(|r| label(&r.labels, "size"))
+            .collect();
+        let run: BTreeSet<Option<String>> = self
+            .grid(grid)
+            .into_iter()
+            .filter(|r| r.budget == budget && r.labels.get("method").map(String::as_str) == Some(method))
+            .map(|r| r.labels.get("size").cloned())
+            .collect();
+        let done = planned.intersection(&run).count();
+        (done < planned.len()).then_some((done, planned.len()))
     }
 
     /// The seed-folded points of these grids together.
@@ -105,9 +133,11 @@ impl Study {
 }
 
 pub fn run(args: &ReportArgs) -> Result<(), Box<dyn Error>> {
+    let (specs, planned) = grid_specs(&args.specs)?;
     let study = Study {
         runs: study::load_summaries(&args.summaries)?,
-        specs: grid_specs(&args.specs)?,
+        specs,
+        planned,
         args_summaries: args.summaries.clone(),
         args_out: args.out.clone(),
         specs_dir: args.specs.clone(),
@@ -133,18 +163,25 @@ pub fn run(args: &ReportArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Grid name → the spec file under `dir` that defines it. A missing directory defines none.
-fn grid_specs(dir: &Path) -> Result<BTreeMap<String, PathBuf>, Box<dyn Error>> {
-    let mut specs = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(specs) };
+/// Grid name → the spec file that defines it.
+type GridSpecFiles = BTreeMap<String, PathBuf>;
+
+/// Grid name → the spec file under `dir` that defines it (the first in name order), and the runs that
+/// file plans for it. A missing directory defines none.
+fn grid_specs(dir: &Path) -> Result<(GridSpecFiles, Vec<PlannedRun>), Box<dyn Error>> {
+    let (mut specs, mut planned) = (BTreeMap::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok((specs, planned)) };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
-        for grid in SweepSpec::load(&path)?.grids {
-            specs.entry(grid.name).or_insert_with(|| path.clone());
+        let spec = SweepSpec::load(&path)?;
+        for grid in &spec.grids {
+            specs.entry(grid.name.clone()).or_insert_with(|| path.clone());
         }
+        let runs = spec.plan().map_err(|e| format!("{}: {e}", path.display()))?;
+        planned.extend(runs.into_iter().filter(|r| specs[&r.grid] == path));
     }
-    Ok(specs)
+    Ok((specs, planned))
 }
 
 /// The whole markdown document; `drawn` names the figure files written.

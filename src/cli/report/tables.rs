@@ -96,12 +96,13 @@ pub fn isoflop(study: &Study, drawn: &[&str]) -> String {
             (columns `lr` and `table lr` of the table of every point).\n\n";
     out += "Each cell: the size with the lowest mean C4 validation perplexity at that budget, as mean ± sample \
             standard deviation (min–max) over seeds, with the size and the seed count.\n\n";
-    out += &table1(&best, &methods, "c4");
+    out += &table1(study, "isoflop", &best, &methods, "c4");
     for set in sets.iter().filter(|s| *s != "c4") {
-        out += &format!("\nThe same models (chosen on C4) on `{set}`:\n\n{}", table1(&best, &methods, set));
+        let rows = table1(study, "isoflop", &best, &methods, set);
+        out += &format!("\nThe same models (chosen on C4) on `{set}`:\n\n{rows}");
     }
-    out += &ordering(&best);
-    out += &minima(&points, &best);
+    out += &ordering(study, "isoflop", &best);
+    out += &minima(study, "isoflop", &points, &best);
     out += &figure1(study, drawn);
     out + "\n### Every point\n\n" + EVERY_POINT + &all_points(&points, &sets)
 }
@@ -124,9 +125,9 @@ pub fn isoflop_fixed_lr(study: &Study) -> String {
             d128 (`## Tuning`) for every width. The tuning at d16 shows those rates far from the best at small \
             widths, so this grid is superseded by Table 1 above; it is kept to show what the comparison owes \
             to tuning the learning rate per width. Best size per method and budget, C4 validation perplexity:\n\n";
-    out += &table1(&best, &methods, "c4");
-    out += &ordering(&best);
-    out += &minima(&points, &best);
+    out += &table1(study, GRID[0], &best, &methods, "c4");
+    out += &ordering(study, GRID[0], &best);
+    out += &minima(study, GRID[0], &points, &best);
     out + "\nRe-create it with:\n\n" + &study.commands_for(&GRID)
 }
 
@@ -144,23 +145,40 @@ fn flop_shares(point: &Point) -> (f64, f64) {
     (ffw / total, flops::output_head(model).train() / total)
 }
 
-fn table1(best: &[BudgetBest], methods: &[String], set: &str) -> String {
+/// Rows budgets, columns methods; a cell whose curve in `grid` is not complete says how many sizes ran.
+fn table1(study: &Study, grid: &str, best: &[BudgetBest], methods: &[String], set: &str) -> String {
     let mut header = vec!["budget (FLOPs)".to_string()];
     header.extend(methods.iter().map(|m| format::method(m)));
     let rows: Vec<Vec<String>> = best
         .iter()
         .map(|row| {
             let mut cells = vec![format::budget(row.budget)];
-            cells.extend(methods.iter().map(|m| row.best.get(m).map_or("—".to_string(), |p| cell(p, set))));
+            cells.extend(methods.iter().map(|m| {
+                let unfinished = study.unfinished_curve(grid, m, row.budget);
+                row.best.get(m).map_or("—".to_string(), |p| cell(p, set, unfinished))
+            }));
             cells
         })
         .collect();
     table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows)
 }
 
-fn cell(point: &Point, set: &str) -> String {
+fn cell(point: &Point, set: &str, unfinished: Option<(usize, usize)>) -> String {
     let Some(spread) = point.perplexity(set) else { return "—".to_string() };
-    format!("{} ({}, {})", format::spread(spread, format::ppl), size(point), format::seeds(spread.n))
+    let sizes = unfinished.map_or(String::new(), |(run, planned)| format!(", {run} of {planned} sizes run"));
+    format!("{} ({}, {}{sizes})", format::spread(spread, format::ppl), size(point), format::seeds(spread.n))
+}
+
+/// "dense 5 of 7 sizes, PEER 0 of 7 sizes": the curves of `grid` at `budget` with sizes still to run.
+pub fn unfinished_curves(study: &Study, grid: &str, budget: f64) -> Option<String> {
+    let curves: Vec<String> = ["dense", "moe", "pkm", "peer"]
+        .iter()
+        .filter_map(|m| {
+            let (run, planned) = study.unfinished_curve(grid, m, budget)?;
+            Some(format!("{} {run} of {planned} sizes", format::method(m)))
+        })
+        .collect();
+    (!curves.is_empty()).then(|| curves.join(", "))
 }
 
 /// The size label of a point, or its parameter count.
@@ -173,7 +191,7 @@ pub fn size(point: &Point) -> String {
 
 /// Per budget: the methods in order of mean C4 perplexity, whether the paper's order holds, and each
 /// pair's gap against the seed spread.
-fn ordering(best: &[BudgetBest]) -> String {
+fn ordering(study: &Study, grid: &str, best: &[BudgetBest]) -> String {
     let mut out = "\nPer budget, on C4 (Table 1's rows):\n\n".to_string();
     for row in best {
         let mut ranked: Vec<(&String, f64)> =
@@ -181,10 +199,11 @@ fn ordering(best: &[BudgetBest]) -> String {
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
         let chain =
             ranked.iter().map(|(m, v)| format!("{} {}", format::method(m), format::ppl(*v))).collect::<Vec<_>>();
-        let verdict = match study::paper_order_holds(&row.best, "c4") {
-            Ok(true) => "the paper's ordering PEER < MoE/PKM < dense holds on the means".to_string(),
-            Ok(false) => "the paper's ordering PEER < MoE/PKM < dense does not hold".to_string(),
-            Err(missing) => format!("the paper's ordering cannot be checked: no {} run", missing.join(", ")),
+        let verdict = match (study::paper_order_holds(&row.best, "c4"), unfinished_curves(study, grid, row.budget)) {
+            (Err(missing), _) => format!("the paper's ordering cannot be checked: no {} run", missing.join(", ")),
+            (_, Some(curves)) => format!("the paper's ordering cannot be judged yet: curves not complete ({curves})"),
+            (Ok(true), None) => "the paper's ordering PEER < MoE/PKM < dense holds on the means".to_string(),
+            (Ok(false), None) => "the paper's ordering PEER < MoE/PKM < dense does not hold".to_string(),
         };
         out += &format!("- **{}**: {}; {verdict}.\n", format::budget(row.budget), chain.join(" < "));
     }
@@ -192,7 +211,7 @@ fn ordering(best: &[BudgetBest]) -> String {
 }
 
 /// Whether each curve has a visible minimum: its best size is neither the smallest nor the largest run.
-fn minima(points: &[Point], best: &[BudgetBest]) -> String {
+fn minima(study: &Study, grid: &str, points: &[Point], best: &[BudgetBest]) -> String {
     let mut out = "\nWhere each curve's best size lies among the sizes run (a visible minimum needs a worse size on \
                    either side):\n\n"
         .to_string();
@@ -203,11 +222,12 @@ fn minima(points: &[Point], best: &[BudgetBest]) -> String {
             .map(|m| {
                 let point = row.best[m];
                 let (position, sizes) = study::optimum_position(points, point);
-                let place = match position {
-                    study::Optimum::Interior => "inside the range: a visible minimum".to_string(),
-                    study::Optimum::Smallest => format!("the smallest of {sizes} sizes: no visible minimum"),
-                    study::Optimum::Largest => format!("the largest of {sizes} sizes: no visible minimum"),
-                    study::Optimum::Alone => "the only size run".to_string(),
+                let place = match (study.unfinished_curve(grid, m, row.budget), position) {
+                    (Some((run, planned)), _) => format!("{run} of {planned} sizes run: not known yet"),
+                    (None, study::Optimum::Interior) => "inside the range: a visible minimum".to_string(),
+                    (None, study::Optimum::Smallest) => format!("the smallest of {sizes} sizes: no visible minimum"),
+                    (None, study::Optimum::Largest) => format!("the largest of {sizes} sizes: no visible minimum"),
+                    (None, study::Optimum::Alone) => "the only size run".to_string(),
                 };
                 format!("{} {} ({place})", format::method(m), size(point))
             })
