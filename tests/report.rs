@@ -368,6 +368,12 @@ fn report_tables_verdicts_and_figures() {
         paper.contains("split `h1`: perplexity fell at every step")
             && paper.contains("the gains shrank (saturation held)")
     );
+    assert!(
+        paper.contains("PEER d128 (2,000,000 parameters): head ")
+            && paper.contains("feed-forward ")
+            && paper.contains("0.15 epochs"),
+        "{paper}"
+    );
     assert!(paper.contains("1.500 → 1.000 with pooled query BN (lower: held; Table 2, rows `bn-off` and `bn-pooled`)"));
     assert!(paper.contains("1.500 → 0.900 with per head query BN"));
 

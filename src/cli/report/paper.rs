@@ -79,7 +79,42 @@ fn table1(study: &Study) -> String {
     };
     let held = judged.iter().filter(|b| study::paper_order_holds(&b.best, "c4") == Ok(true)).count();
     out += &format!(" (it held at {held} of the {} budgets judged)", judged.len());
-    out + &peer_against_dense(&last.best) + "." + &pending + "\n"
+    out + &peer_against_dense(&last.best) + "." + &pending + "\n\n" + &setting(last)
+}
+
+/// What the models of a judged row are, in the figures that set them apart from the paper's: size, the
+/// shares of their FLOPs in the head and in the feed-forward layers, passes over the data, expert usage.
+fn setting(row: &BudgetBest) -> String {
+    let methods = study::ordered_methods(row.best.keys());
+    let each: Vec<String> = methods
+        .iter()
+        .map(|m| {
+            let point = row.best[m];
+            let (ffw, head) = tables::flop_shares(point);
+            let usage = point.usage.as_ref().map_or(String::new(), |u| {
+                let n = study::retrieval_shape(&point.config).map_or(point.config.model.moe.num_experts, |s| s.0);
+                format!(
+                    ", {} of its {} experts or slots used (KL from uniform {})",
+                    format::percent(u.fraction_used.mean),
+                    format::count(n as u64),
+                    format::kl(u.kl_from_uniform.mean)
+                )
+            });
+            format!(
+                "{} {} ({} parameters): head {}, feed-forward {} of its FLOPs, {:.2} epochs{usage}",
+                format::method(m),
+                tables::size(point),
+                format::count(point.params as u64),
+                format::percent(head),
+                format::percent(ffw),
+                point.epochs.mean
+            )
+        })
+        .collect();
+    format!(
+        "  What that row's models are (from their summaries; the shares are of a training step's FLOPs): {}.\n",
+        each.join("; ")
+    )
 }
 
 /// " (13.5% below dense)", or nothing for dense itself or without a dense figure.

@@ -138,7 +138,7 @@ const EVERY_POINT: &str =
      in quality far more than in cost.\n\n";
 
 /// The shares of a training step's FLOPs spent in the feed-forward layers and in the output head.
-fn flop_shares(point: &Point) -> (f64, f64) {
+pub fn flop_shares(point: &Point) -> (f64, f64) {
     let model = &point.config.model;
     let total = flops::model(model).train();
     let ffw: f64 = (0..model.n_layers).map(|b| flops::feed_forward(model, b).train()).sum();
