@@ -165,8 +165,8 @@ impl TokenDataset {
         Batch { inputs, targets, batch_size: starts.len(), seq_len }
     }
 
-    /// Release the pages the windows at `starts` mapped (see the module comment). Measured on a 1 GiB shard,
-    /// warm page cache: 120 µs per batch of 8 x 1025 tokens (50 µs without), next to ~0.5 s per training step.
+    /// Release the pages the windows at `starts` mapped (see the module comment). It costs a small fraction
+    /// of a training step (docs/PERFORMANCE.md, "Figures moved out of code comments").
     fn release_pages(&self, starts: &[WindowStart]) {
         let mut shards: Vec<usize> = starts.iter().map(|s| s.shard).collect();
         shards.sort_unstable();

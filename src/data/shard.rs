@@ -349,9 +349,9 @@ impl Shard {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&name, e))?;
         check_length(&header, map.len() as u64, &name)?;
         // Training reads small windows at random places: without this advice, a window whose pages are not
-        // cached makes the kernel read ahead around it (measured, 1 GiB shard, cold cache: 2,000 windows read
-        // 1 GiB from disk at 840 µs each; with it, 11 MiB at 70 µs). It does not stop a fault from mapping a
-        // whole cached folio: see `release_pages`. An advice, so failure is harmless.
+        // cached makes the kernel read ahead around it, reading from disk far more than the windows hold
+        // (docs/PERFORMANCE.md, "Figures moved out of code comments"). It does not stop a fault from mapping
+        // a whole cached folio: see `release_pages`. An advice, so failure is harmless.
         let _ = map.advise(Advice::Random);
         Ok(Shard { path: path.to_path_buf(), header, vocab_size, warnings, map })
     }
@@ -387,10 +387,10 @@ impl Shard {
     /// them again costs a page fault, not a disk read.
     ///
     /// Why: a read fault on a file map maps not just the page but the cached pages around it, up to the whole
-    /// large folio holding it (measured on kernel 6.18, ext4: about 1 MiB per fault), even with
-    /// [`Advice::Random`], and mapped pages stay counted in the process's resident memory. Measured on a 1 GiB shard: 8,000 random windows left 0.4-0.9 GiB mapped. Releasing only each
-    /// window's own pages keeps the rest of its folio mapped (still 0.36-0.9 GiB), hence the whole map: the
-    /// kernel skips page tables with nothing mapped, about 8 µs per GiB of shard.
+    /// large folio holding it, even with [`Advice::Random`], and mapped pages stay counted in the process's
+    /// resident memory: random windows leave most of a shard mapped. Releasing only each window's own pages
+    /// keeps the rest of its folio mapped, hence the whole map, which is cheap: the kernel skips page tables
+    /// with nothing mapped. The figures are in docs/PERFORMANCE.md ("Figures moved out of code comments").
     pub fn release_pages(&self) -> Result<()> {
         // SAFETY: `Mmap::map` maps the file read-only and shared, and the file is never modified (see `open`).
         // DONTNEED only removes page-table entries: the next read faults the same bytes back in from the page
