@@ -134,8 +134,8 @@ impl Point {
 pub fn retrieval_shape(config: &RunConfig) -> Option<(usize, usize, usize)> {
     let model = &config.model;
     match model.ffw {
-        FfwKind::Peer => Some((model.peer.num_experts, model.peer.heads, model.peer.top_k)),
-        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.heads, model.pkm.top_k)),
+        FfwKind::Peer => Some((model.peer.num_experts, model.peer.keys.heads, model.peer.keys.top_k)),
+        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.keys.heads, model.pkm.keys.top_k)),
         FfwKind::Dense | FfwKind::Moe => None,
     }
 }

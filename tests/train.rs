@@ -185,7 +185,7 @@ fn training_normalises_queries_by_the_batch_and_moves_the_running_statistics() {
     for per_head in [false, true] {
         let mut config = config();
         config.model.peer.query_bn_per_head = per_head;
-        let (heads, key_dim) = (config.model.peer.heads, config.model.peer.key_dim);
+        let (heads, key_dim) = (config.model.peer.keys.heads, config.model.peer.keys.key_dim);
         let mut trainer = Trainer::new(config.clone()).unwrap();
         let before = trainer.model.buffers();
         let width = if per_head { heads * key_dim } else { key_dim };
