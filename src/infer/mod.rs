@@ -6,7 +6,7 @@
 //! let options = Options { max_new_tokens: 50, ..Options::default() };
 //! model.generate("The", &options, |_, bytes| print!("{}", String::from_utf8_lossy(bytes)))?;
 //! let nats_per_token = model.score("Some text.").loss();
-//! # Ok::<(), peerlm::infer::Error>(())
+//! # Ok::<(), peerlm::Error>(())
 //! ```
 //!
 //! A model file is a safetensors file of weights, batch-norm statistics, config and tokenizer, written by
