@@ -33,7 +33,7 @@ fn config(name: &str) -> RunConfig {
     if name.starts_with("peer") {
         m.ffw = FfwKind::Peer;
         m.ffw_blocks = Some(vec![2]);
-        (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (512 * 512, 8, 16, 256);
+        (m.peer.num_experts, m.peer.keys.heads, m.peer.keys.top_k, m.peer.keys.key_dim) = (512 * 512, 8, 16, 256);
     }
     m.propagate_d_model();
     config.train.batch_size = 8;

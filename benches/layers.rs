@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Gate, Peer, PeerConfig};
+use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Gate, Peer, PeerConfig, ProductKeyConfig};
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Param, ParamKind, Rng, Tape, Tensor, Var};
 
@@ -41,12 +41,8 @@ fn build(sub_keys: usize, rng: &mut Rng) -> Step {
         return Box::new(move |tape, x| ffw.forward(tape, x, true));
     }
     let config = PeerConfig {
-        d_model: D_MODEL,
+        keys: ProductKeyConfig { d_model: D_MODEL, heads: 8, top_k: 16, key_dim: 256, query_batch_norm: true },
         num_experts: sub_keys * sub_keys,
-        heads: 8,
-        top_k: 16,
-        key_dim: 256,
-        query_batch_norm: true,
         query_bn_per_head: false,
         gate: Gate::Softmax,
         activation: ExpertActivation::Gelu,

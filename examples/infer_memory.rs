@@ -57,7 +57,7 @@ fn make(experts: usize, dir: &Path) {
     (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (4096, 128, 256, 4, 4, FfwKind::Peer);
     m.ffw_blocks = Some(vec![2]);
     m.dense.d_ff = 1024;
-    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (experts, 8, 16, 128);
+    (m.peer.num_experts, m.peer.keys.heads, m.peer.keys.top_k, m.peer.keys.key_dim) = (experts, 8, 16, 128);
     m.propagate_d_model();
     config.train.batch_size = 1;
     config.validate().unwrap();

@@ -28,11 +28,11 @@
 //! (`crate::infer`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use crate::data::atomic_file::AtomicFile;
 use crate::data::fnv::Fnv1a;
+use crate::error::Error;
 use crate::kernels::memory;
 use crate::tensor::Tensor;
 
@@ -43,18 +43,6 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// What is wrong with a checkpoint file, and which one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckpointError(pub String);
-
-impl fmt::Display for CheckpointError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CheckpointError {}
-
 /// Headers beyond this are refused before allocating (a corrupt length field could ask for exabytes).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
@@ -63,14 +51,14 @@ pub const CHECKSUMS_KEY: &str = "tensor_checksums";
 
 impl Checkpoint {
     /// Writes the checkpoint to `path` atomically: a temporary file beside it, fsync, rename.
-    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
         self.save_as(path, |_| Dtype::F32)
     }
 
     /// [`Checkpoint::save`], storing each tensor in the type `dtype_of` gives its name. The f32 tensors
     /// come first in the data, so that each starts 4-byte aligned (a memory map can lend them out).
-    pub fn save_as(&self, path: &Path, dtype_of: impl Fn(&str) -> Dtype) -> Result<(), CheckpointError> {
-        let err = |e: crate::data::DataError| CheckpointError(format!("saving checkpoint: {e}"));
+    pub fn save_as(&self, path: &Path, dtype_of: impl Fn(&str) -> Dtype) -> Result<(), Error> {
+        let err = |e: Error| Error::BadCheckpoint(format!("saving checkpoint: {e}"));
         let mut stored: Vec<(&str, Dtype, &Tensor<f32>)> =
             self.tensors.iter().map(|(name, tensor)| (name.as_str(), dtype_of(name), tensor)).collect();
         stored.sort_by_key(|&(_, dtype, _)| dtype == Dtype::Bf16);
@@ -115,13 +103,13 @@ impl Checkpoint {
     }
 
     /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|e| CheckpointError(format!("{}: {e}", path.display())))?;
-        Self::parse(&bytes).map_err(|e| CheckpointError(format!("{}: {e}", path.display())))
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::BadCheckpoint(format!("{}: {e}", path.display())))?;
+        Self::parse(&bytes).map_err(|e| Error::BadCheckpoint(format!("{}: {e}", path.display())))
     }
 
     /// Parses a whole safetensors file; every malformation is an error. Bf16 tensors are widened to f32.
-    pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         let header = Header::parse(bytes)?;
         let data = &bytes[header.data_start..];
         if let Some(sums) = header.checksums()? {
@@ -213,8 +201,8 @@ pub struct Entry {
 impl Header {
     /// Reads and checks the header of the file `bytes` (the whole file: the data part must hold exactly
     /// the bytes the tensors need); reads none of the tensor data.
-    pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        let fail = |msg: String| CheckpointError(msg);
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let fail = |msg: String| Error::BadCheckpoint(msg);
         let prefix: [u8; 8] = bytes
             .get(..8)
             .and_then(|b| b.try_into().ok())
@@ -254,17 +242,17 @@ impl Header {
     }
 
     /// The stored checksum of each tensor, if the file has them (files written before they existed do not).
-    pub fn checksums(&self) -> Result<Option<BTreeMap<String, String>>, CheckpointError> {
+    pub fn checksums(&self) -> Result<Option<BTreeMap<String, String>>, Error> {
         let Some(sums) = self.metadata.get(CHECKSUMS_KEY) else { return Ok(None) };
         let sums = serde_json::from_str(sums)
-            .map_err(|e| CheckpointError(format!("metadata {CHECKSUMS_KEY} is not a map of strings: {e}")))?;
+            .map_err(|e| Error::BadCheckpoint(format!("metadata {CHECKSUMS_KEY} is not a map of strings: {e}")))?;
         Ok(Some(sums))
     }
 }
 
 impl Entry {
     /// Checks this tensor's bytes against its entry in `sums`.
-    pub fn verify(&self, sums: &BTreeMap<String, String>, bytes: &[u8]) -> Result<(), CheckpointError> {
+    pub fn verify(&self, sums: &BTreeMap<String, String>, bytes: &[u8]) -> Result<(), Error> {
         let mut hash = Fnv1a::default();
         hash.update(bytes);
         self.check_hash(sums, hash.value())
@@ -272,14 +260,14 @@ impl Entry {
 
     /// Compares `hash`, the FNV-1a 64 hash of this tensor's bytes (computed however the caller read
     /// them), with its entry in `sums`.
-    pub fn check_hash(&self, sums: &BTreeMap<String, String>, hash: u64) -> Result<(), CheckpointError> {
+    pub fn check_hash(&self, sums: &BTreeMap<String, String>, hash: u64) -> Result<(), Error> {
         let name = &self.name;
         let stored = sums
             .get(name)
-            .ok_or_else(|| CheckpointError(format!("tensor {name}: no entry in metadata {CHECKSUMS_KEY}")))?;
+            .ok_or_else(|| Error::BadCheckpoint(format!("tensor {name}: no entry in metadata {CHECKSUMS_KEY}")))?;
         let actual = format!("{hash:016x}");
         if *stored != actual {
-            return Err(CheckpointError(format!(
+            return Err(Error::BadCheckpoint(format!(
                 "tensor {name}: checksum mismatch (metadata says {stored}, its bytes hash to {actual}): the file is corrupt"
             )));
         }
@@ -316,14 +304,14 @@ fn tensor_checksum(tensor: &Tensor<f32>, dtype: Dtype) -> u64 {
 }
 
 /// Shape, type and byte span of one header entry, checked against each other.
-fn tensor_entry(name: String, entry: &serde_json::Value) -> Result<Entry, CheckpointError> {
-    let fail = |what: &str| CheckpointError(format!("tensor {name}: {what}"));
+fn tensor_entry(name: String, entry: &serde_json::Value) -> Result<Entry, Error> {
+    let fail = |what: &str| Error::BadCheckpoint(format!("tensor {name}: {what}"));
     let dtype = match entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| fail("no dtype"))? {
         "F32" => Dtype::F32,
         "BF16" => Dtype::Bf16,
         other => return Err(fail(&format!("dtype {other} is neither F32 nor BF16"))),
     };
-    let as_usizes = |key: &str| -> Result<Vec<usize>, CheckpointError> {
+    let as_usizes = |key: &str| -> Result<Vec<usize>, Error> {
         let list = entry.get(key).and_then(|v| v.as_array()).ok_or_else(|| fail(&format!("no {key} list")))?;
         list.iter()
             .map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| fail(&format!("bad {key} entry"))))
@@ -397,7 +385,7 @@ mod tests {
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x80;
-        assert!(Checkpoint::parse(&flipped).unwrap_err().0.starts_with("tensor b: checksum mismatch"));
+        assert!(Checkpoint::parse(&flipped).unwrap_err().to_string().starts_with("tensor b: checksum mismatch"));
     }
 
     #[test]
@@ -426,7 +414,7 @@ mod tests {
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1; // the sign bit of the last value of the last tensor in data order
         flipped[last] ^= 0x80;
-        let error = Checkpoint::parse(&flipped).unwrap_err().0;
+        let error = Checkpoint::parse(&flipped).unwrap_err().to_string();
         assert!(error.starts_with("tensor scalar: checksum mismatch"), "{error}");
         let mut huge = bytes.clone();
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());

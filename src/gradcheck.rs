@@ -22,21 +22,7 @@
 //!
 //! With the `gradcheck` feature, [`shape`] gives proptest strategies for random shapes.
 
-use std::fmt;
-
-use crate::{Grad, Op, Param, ParamKind, Rng, Tape, Tensor, Var};
-
-/// A backward that disagrees with finite differences.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GradcheckError(pub String);
-
-impl fmt::Display for GradcheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for GradcheckError {}
+use crate::{Error, Grad, Op, Param, ParamKind, Rng, Tape, Tensor, Var};
 
 /// `loss = Σ out ⊙ weights`: a scalar whose gradient with respect to `out` is `weights`, so every output
 /// element reaches the check with its own random, non-trivial upstream gradient.
@@ -78,7 +64,7 @@ impl Default for Check {
 
 /// Compares the tape's gradients of `f(inputs)` with central differences, for every input, with the
 /// default [`Check`].
-pub fn check_gradients<F>(inputs: &[Tensor<f64>], f: F) -> Result<(), GradcheckError>
+pub fn check_gradients<F>(inputs: &[Tensor<f64>], f: F) -> Result<(), Error>
 where
     F: Fn(&mut Tape<f64>, &[Var<f64>]) -> Var<f64>,
 {
@@ -86,7 +72,7 @@ where
 }
 
 /// [`check_gradients`] with chosen settings.
-pub fn check_gradients_with<F>(check: Check, inputs: &[Tensor<f64>], f: F) -> Result<(), GradcheckError>
+pub fn check_gradients_with<F>(check: Check, inputs: &[Tensor<f64>], f: F) -> Result<(), Error>
 where
     F: Fn(&mut Tape<f64>, &[Var<f64>]) -> Var<f64>,
 {
@@ -104,7 +90,7 @@ where
     let vars: Vec<Var<f64>> = params.iter().map(|p| tape.param(p)).collect();
     let out = f(&mut tape, &vars);
     if !out.tracked() {
-        return Err(GradcheckError("the output does not depend on the inputs".to_string()));
+        return Err(Error::Gradcheck("the output does not depend on the inputs".to_string()));
     }
     let loss = tape.apply(WeightedSum { weights: weights.clone() }, &[&out]);
     drop((vars, out));
@@ -133,7 +119,7 @@ where
             let a = analytic.data()[c];
             let err = (a - numeric).abs() / (1.0 + a.abs().max(numeric.abs()));
             if err.is_nan() || err > check.tol {
-                return Err(GradcheckError(format!(
+                return Err(Error::Gradcheck(format!(
                     "input {i} {:?}, element {c}: analytic {a:.10e}, numeric {numeric:.10e} (error {err:.2e})",
                     param.value.shape()
                 )));

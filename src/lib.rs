@@ -10,6 +10,8 @@
 //! - `model`: the GPT decoder, its config and FLOP counter;
 //! - `gradcheck`: the f64 finite-difference check of an op's backward, for the engine's ops and yours;
 //! - `rng`: the seeded random numbers of initialisation, dropout and sampling;
+//! - `error`: [`Error`], the one error type of every fallible call (its variant says what kind of failure,
+//!   its message what and where);
 //! - `sample`: next-token sampling from logits;
 //! - `train`, `eval` (feature `io`): drive a model over data; `checkpoint` saves it; `run_dir`
 //!   owns a run's output directory; `sweep` runs grids of training runs (the paper's isoFLOP comparison and
@@ -28,6 +30,7 @@
 pub mod checkpoint;
 #[cfg(feature = "io")]
 pub mod data;
+pub mod error;
 #[cfg(feature = "io")]
 pub mod eval;
 #[cfg(feature = "infer")]
@@ -55,6 +58,7 @@ pub mod tensor;
 #[cfg(feature = "io")]
 pub mod train;
 
+pub use error::{Error, Result};
 pub use grad::{Grad, RowGrad};
 pub use kernels::Float;
 pub use param::{Param, ParamId, ParamKind};

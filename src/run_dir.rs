@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::data::atomic_file::sweep_stale_temps;
-use crate::train::TrainError;
+use crate::error::Error;
 
 /// The files that make a directory hold a run.
 const RUN_FILES: [&str; 2] = ["checkpoint.safetensors", "metrics.jsonl"];
@@ -44,17 +44,17 @@ pub struct RunDir {
 impl RunDir {
     /// Creates (if needed) and locks `path`, applies `existing` to a run already there, and removes stale
     /// temporaries from it and from its `data/`.
-    pub fn open(path: &Path, existing: Existing) -> Result<RunDir, TrainError> {
-        let io = |what: &Path, e: std::io::Error| TrainError(format!("{}: {e}", what.display()));
+    pub fn open(path: &Path, existing: Existing) -> Result<RunDir, Error> {
+        let io = |what: &Path, e: std::io::Error| Error::Train(format!("{}: {e}", what.display()));
         std::fs::create_dir_all(path).map_err(|e| io(path, e))?;
         let lock = lock(path)?;
-        let mut swept = sweep_stale_temps(path).map_err(|e| TrainError(e.to_string()))?;
-        swept.extend(sweep_stale_temps(&path.join("data")).map_err(|e| TrainError(e.to_string()))?);
+        let mut swept = sweep_stale_temps(path)?;
+        swept.extend(sweep_stale_temps(&path.join("data"))?);
         let held: Vec<&str> = RUN_FILES.into_iter().filter(|name| path.join(name).exists()).collect();
         let mut moved_to = None;
         match existing {
             Existing::Refuse if !held.is_empty() => {
-                return Err(TrainError(format!(
+                return Err(Error::Train(format!(
                     "{} already holds a run ({}): pass --resume to continue it, or --overwrite to start again \
                      (the old files move to {}/previous-<n>/)",
                     path.display(),
@@ -63,7 +63,7 @@ impl RunDir {
                 )));
             }
             Existing::Resume if !path.join(RUN_FILES[0]).exists() => {
-                return Err(TrainError(format!("{}: no {} to resume", path.display(), RUN_FILES[0])));
+                return Err(Error::Train(format!("{}: no {} to resume", path.display(), RUN_FILES[0])));
             }
             Existing::Overwrite if !held.is_empty() => {
                 let aside = free_name(path);
@@ -88,20 +88,20 @@ impl RunDir {
 }
 
 /// Takes the exclusive lock on `<dir>/.lock`, failing at once if another process holds it.
-fn lock(dir: &Path) -> Result<File, TrainError> {
+fn lock(dir: &Path) -> Result<File, Error> {
     let path = dir.join(".lock");
-    let file = File::create(&path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+    let file = File::create(&path).map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
     // SAFETY: flock on a descriptor this function owns; it touches no memory.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let error = std::io::Error::last_os_error();
         if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(TrainError(format!(
+            return Err(Error::Train(format!(
                 "{}: another process is training into this directory (it holds {})",
                 dir.display(),
                 path.display()
             )));
         }
-        return Err(TrainError(format!("{}: cannot lock: {error}", path.display())));
+        return Err(Error::Train(format!("{}: cannot lock: {error}", path.display())));
     }
     Ok(file)
 }

@@ -9,13 +9,14 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::error::Error;
 use crate::model::config::FfwKind;
 use crate::sweep::{RunSummaryFile, UsageScore};
-use crate::train::{RunConfig, TrainError};
+use crate::train::RunConfig;
 
 /// Every summary under `dir`, one directory per grid, sorted by grid and run name. A summary whose grid
 /// is not the name of its directory is refused.
-pub fn load_summaries(dir: &Path) -> Result<Vec<RunSummaryFile>, TrainError> {
+pub fn load_summaries(dir: &Path) -> Result<Vec<RunSummaryFile>, Error> {
     let mut summaries = Vec::new();
     for grid_dir in sorted_entries(dir)? {
         if !grid_dir.is_dir() {
@@ -26,7 +27,7 @@ pub fn load_summaries(dir: &Path) -> Result<Vec<RunSummaryFile>, TrainError> {
             if path.extension().is_some_and(|e| e == "json") {
                 let summary = RunSummaryFile::load(&path)?;
                 if summary.grid != grid {
-                    return Err(TrainError(format!(
+                    return Err(Error::Train(format!(
                         "{}: a summary of grid {} in the directory of grid {grid}",
                         path.display(),
                         summary.grid
@@ -40,12 +41,12 @@ pub fn load_summaries(dir: &Path) -> Result<Vec<RunSummaryFile>, TrainError> {
     Ok(summaries)
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, TrainError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TrainError(format!("{}: {e}", dir.display())))?;
+fn sorted_entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Train(format!("{}: {e}", dir.display())))?;
     let mut paths = entries
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError(format!("{}: {e}", dir.display())))?;
+        .map_err(|e| Error::Train(format!("{}: {e}", dir.display())))?;
     paths.sort();
     Ok(paths)
 }
@@ -134,8 +135,8 @@ impl Point {
 pub fn retrieval_shape(config: &RunConfig) -> Option<(usize, usize, usize)> {
     let model = &config.model;
     match model.ffw {
-        FfwKind::Peer => Some((model.peer.num_experts, model.peer.heads, model.peer.top_k)),
-        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.heads, model.pkm.top_k)),
+        FfwKind::Peer => Some((model.peer.num_experts, model.peer.keys.heads, model.peer.keys.top_k)),
+        FfwKind::Pkm => Some((model.pkm.sub_keys * model.pkm.sub_keys, model.pkm.keys.heads, model.pkm.keys.top_k)),
         FfwKind::Dense | FfwKind::Moe => None,
     }
 }

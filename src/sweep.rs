@@ -31,11 +31,12 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::data::atomic_file;
 use crate::data::{TokenDataset, Tokenizer};
+use crate::error::Error;
 use crate::eval::text::{self, Protocol};
 use crate::eval::{self, lambada};
 use crate::model::{flops, Gpt};
 use crate::run_dir::{Existing, RunDir};
-use crate::train::{self, RunConfig, RunOptions, TrainError, Trainer};
+use crate::train::{self, RunConfig, RunOptions, Trainer};
 
 /// A sweep file.
 #[derive(Clone, Debug, Deserialize)]
@@ -147,18 +148,18 @@ impl PlannedRun {
 
 impl SweepSpec {
     /// Reads a spec file.
-    pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| TrainError(format!("{}: {e}", path.display())))
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Train(format!("{}: {e}", path.display())))
     }
 
     /// Every run of every grid, in grid order, then axis order (the last axis varying fastest), then
     /// budget, then seed. Fails, naming the run, if a config is invalid or two runs share a name.
-    pub fn plan(&self) -> Result<Vec<PlannedRun>, TrainError> {
+    pub fn plan(&self) -> Result<Vec<PlannedRun>, Error> {
         let mut runs = Vec::new();
         for grid in &self.grids {
             if grid.budgets.is_empty() || grid.seeds.is_empty() {
-                return Err(TrainError(format!("grid {}: needs at least one budget and one seed", grid.name)));
+                return Err(Error::Train(format!("grid {}: needs at least one budget and one seed", grid.name)));
             }
             for choice in combinations(&grid.axes) {
                 for &budget in &grid.budgets {
@@ -171,19 +172,13 @@ impl SweepSpec {
         let mut seen = BTreeMap::new();
         for run in &runs {
             if seen.insert(run.id(), ()).is_some() {
-                return Err(TrainError(format!("run {}: two runs of the spec have this name", run.id())));
+                return Err(Error::Train(format!("run {}: two runs of the spec have this name", run.id())));
             }
         }
         Ok(runs)
     }
 
-    fn resolve(
-        &self,
-        grid: &GridSpec,
-        choice: &[&AxisValue],
-        budget: f64,
-        seed: u64,
-    ) -> Result<PlannedRun, TrainError> {
+    fn resolve(&self, grid: &GridSpec, choice: &[&AxisValue], budget: f64, seed: u64) -> Result<PlannedRun, Error> {
         let labels: Vec<(String, String)> =
             grid.axes.iter().zip(choice).map(|(axis, value)| (axis.name.clone(), value.name.clone())).collect();
         let mut parts: Vec<String> = choice.iter().map(|v| v.name.clone()).collect();
@@ -192,7 +187,7 @@ impl SweepSpec {
         let name = parts.join("-");
         let id = format!("{}/{name}", grid.name);
         if !(budget.is_finite() && budget > 0.0) {
-            return Err(TrainError(format!("run {id}: budget {budget} is not a positive number of FLOPs")));
+            return Err(Error::Train(format!("run {id}: budget {budget} is not a positive number of FLOPs")));
         }
         let mut value = serde_json::to_value(RunConfig::default()).expect("a config serialises");
         merge_patch(&mut value, &self.base);
@@ -200,13 +195,13 @@ impl SweepSpec {
             merge_patch(&mut value, &axis_value.patch);
         }
         let mut config: RunConfig =
-            serde_json::from_value(value).map_err(|e| TrainError(format!("run {id}: config: {e}")))?;
+            serde_json::from_value(value).map_err(|e| Error::Train(format!("run {id}: config: {e}")))?;
         config.model.propagate_d_model();
         config.train.seed = seed;
-        config.validate().map_err(|e| TrainError(format!("run {id}: {e}")))?;
+        config.validate().map_err(|e| Error::Train(format!("run {id}: {e}")))?;
         let tokens_per_step = config.train.batch_size * config.model.seq_len;
         config.train.steps = flops::steps_for_budget(&config.model, budget, tokens_per_step)
-            .map_err(|e| TrainError(format!("run {id}: {e}")))?;
+            .map_err(|e| Error::Train(format!("run {id}: {e}")))?;
         config.train.warmup_steps = config.train.warmup_steps.min(config.train.steps);
         Ok(PlannedRun { grid: grid.name.clone(), name, labels, budget, seed, config })
     }
@@ -313,15 +308,15 @@ pub struct RunSummaryFile {
 }
 
 impl RunSummaryFile {
-    pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| TrainError(format!("{}: {e}", path.display())))
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Train(format!("{}: {e}", path.display())))
     }
 
     /// Writes the summary atomically.
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(self).expect("a summary serialises");
-        atomic_file::write(path, text.as_bytes()).map_err(|e| TrainError(e.to_string()))
+        atomic_file::write(path, text.as_bytes())
     }
 }
 
@@ -336,18 +331,18 @@ pub enum RunState {
 }
 
 /// Reads the state of `run` under `out`, refusing a directory that holds another config.
-pub fn run_state(run: &PlannedRun, out: &Path) -> Result<RunState, TrainError> {
+pub fn run_state(run: &PlannedRun, out: &Path) -> Result<RunState, Error> {
     let dir = run.dir(out);
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         return Ok(RunState::New);
     }
     let text =
-        std::fs::read_to_string(&config_path).map_err(|e| TrainError(format!("{}: {e}", config_path.display())))?;
+        std::fs::read_to_string(&config_path).map_err(|e| Error::Train(format!("{}: {e}", config_path.display())))?;
     let on_disk: RunConfig =
-        serde_json::from_str(&text).map_err(|e| TrainError(format!("{}: {e}", config_path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Train(format!("{}: {e}", config_path.display())))?;
     if on_disk != run.config {
-        return Err(TrainError(format!(
+        return Err(Error::Train(format!(
             "{}: holds another config than the spec gives for run {} (was the spec edited? move the directory \
              away to rerun it)",
             config_path.display(),
@@ -362,11 +357,11 @@ pub fn run_state(run: &PlannedRun, out: &Path) -> Result<RunState, TrainError> {
 }
 
 /// Creates the run's directory and writes its `config.json`.
-pub fn start_run(run: &PlannedRun, out: &Path) -> Result<PathBuf, TrainError> {
+pub fn start_run(run: &PlannedRun, out: &Path) -> Result<PathBuf, Error> {
     let dir = run.dir(out);
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Train(format!("{}: {e}", dir.display())))?;
     let text = serde_json::to_string_pretty(&run.config).expect("a config serialises");
-    atomic_file::write(&dir.join("config.json"), text.as_bytes()).map_err(|e| TrainError(e.to_string()))?;
+    atomic_file::write(&dir.join("config.json"), text.as_bytes())?;
     Ok(dir)
 }
 
@@ -387,12 +382,7 @@ pub struct SweepData<'a> {
 /// writes its summary. A finished run is not trained again; if its summary lacks a set, or scored it
 /// under another protocol, that set is scored from the run's checkpoint (when there is one) and the
 /// summary rewritten.
-pub fn execute(
-    run: &PlannedRun,
-    out: &Path,
-    data: &SweepData,
-    options: &RunOptions,
-) -> Result<RunSummaryFile, TrainError> {
+pub fn execute(run: &PlannedRun, out: &Path, data: &SweepData, options: &RunOptions) -> Result<RunSummaryFile, Error> {
     let dir = run.dir(out);
     let (mut summary, mut model) = match run_state(run, out)? {
         RunState::Finished(summary) => (*summary, None),
@@ -434,9 +424,9 @@ fn scored(summary: &RunSummaryFile, set: &EvalSet, context: usize) -> bool {
     summary.eval.get(&set.name).is_some_and(|score| score.protocol == protocol && score.documents.is_some())
 }
 
-fn load_run_model(dir: &Path) -> Result<Gpt<f32>, TrainError> {
+fn load_run_model(dir: &Path) -> Result<Gpt<f32>, Error> {
     let path = dir.join("checkpoint.safetensors");
-    let checkpoint = Checkpoint::load(&path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+    let checkpoint = Checkpoint::load(&path).map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
     Ok(train::load_model(checkpoint)?.0)
 }
 
@@ -447,14 +437,15 @@ fn train_run(
     out: &Path,
     data: &SweepData,
     options: &RunOptions,
-) -> Result<(RunSummaryFile, Trainer), TrainError> {
+) -> Result<(RunSummaryFile, Trainer), Error> {
     let dir = start_run(run, out)?;
     let checkpoint = dir.join("checkpoint.safetensors");
     // A run stopped before its first checkpoint starts again; its metrics are moved aside.
     let existing = if checkpoint.exists() { Existing::Resume } else { Existing::Overwrite };
     let _lock = RunDir::open(&dir, existing)?;
     let mut trainer = if checkpoint.exists() {
-        let loaded = Checkpoint::load(&checkpoint).map_err(|e| TrainError(format!("{}: {e}", checkpoint.display())))?;
+        let loaded =
+            Checkpoint::load(&checkpoint).map_err(|e| Error::Train(format!("{}: {e}", checkpoint.display())))?;
         Trainer::from_checkpoint(loaded)?
     } else {
         Trainer::new(run.config.clone())?
@@ -463,7 +454,7 @@ fn train_run(
     let options = RunOptions { out_dir: dir.clone(), ..*options };
     let trained = train::run(&mut trainer, data.train, Some(data.valid), &options)?;
     if trained.steps < run.config.train.steps {
-        return Err(TrainError(format!(
+        return Err(Error::Train(format!(
             "run {} stopped at step {} of {}, with a checkpoint; run the sweep again to continue it",
             run.id(),
             trained.steps,

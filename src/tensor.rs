@@ -16,6 +16,7 @@ use std::any::TypeId;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::error::Error;
 use crate::kernels::{memory, Float};
 use crate::rng::Rng;
 
@@ -43,18 +44,6 @@ pub unsafe trait MappedBytes: Send + Sync {
     fn bytes(&self) -> &[u8];
 }
 
-/// Why bytes cannot be borrowed as a tensor's elements.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MapError(pub String);
-
-impl fmt::Display for MapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for MapError {}
-
 impl<T: Float> Tensor<T> {
     /// A tensor over `data`; panics if the lengths disagree (an engine bug, not user input).
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Self {
@@ -71,8 +60,8 @@ impl<T: Float> Tensor<T> {
     /// A tensor whose elements are the little-endian bytes `[offset, offset + numel·size)` of `bytes`,
     /// borrowed, not copied. The span must lie inside `bytes` and be aligned for `T`, and the machine must
     /// be little-endian (the order model files are written in).
-    pub fn from_mapped(shape: &[usize], bytes: Arc<dyn MappedBytes>, offset: usize) -> Result<Self, MapError> {
-        let fail = |what: String| Err(MapError(format!("tensor of shape {shape:?} at byte {offset}: {what}")));
+    pub fn from_mapped(shape: &[usize], bytes: Arc<dyn MappedBytes>, offset: usize) -> Result<Self, Error> {
+        let fail = |what: String| Err(Error::Mapping(format!("tensor of shape {shape:?} at byte {offset}: {what}")));
         if cfg!(target_endian = "big") {
             return fail("a big-endian machine cannot borrow little-endian floats".into());
         }
@@ -294,11 +283,11 @@ mod tests {
     fn mapping_checks_bounds_and_alignment() {
         let bytes = mapped_bytes(&[1.0; 6]);
         let past = Tensor::<f32>::from_mapped(&[8], Arc::clone(&bytes), 4).unwrap_err();
-        assert!(past.0.contains("past the 32 mapped bytes"), "{}", past.0);
+        assert!(past.to_string().contains("past the 32 mapped bytes"), "{past}");
         let crooked = Tensor::<f32>::from_mapped(&[1], Arc::clone(&bytes), 2).unwrap_err();
-        assert!(crooked.0.contains("not aligned for f32"), "{}", crooked.0);
+        assert!(crooked.to_string().contains("not aligned for f32"), "{crooked}");
         assert!(Tensor::<f64>::from_mapped(&[1], Arc::clone(&bytes), 4).is_err());
-        assert!(Tensor::<f32>::from_mapped(&[usize::MAX, 2], bytes, 0).unwrap_err().0.contains("overflows"));
+        assert!(Tensor::<f32>::from_mapped(&[usize::MAX, 2], bytes, 0).unwrap_err().to_string().contains("overflows"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::atomic_file;
 use crate::data::loader::{Batch, TokenDataset};
 use crate::data::{fnv, tokenizer_file, Tokenizer};
+use crate::error::Error;
 use crate::model::{flops, memory, Gpt, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, CosineSchedule};
@@ -96,14 +97,14 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Reads and validates a JSON config file.
-    pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
-        let in_file = |e: String| TrainError(format!("{}: {e}", path.display()));
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
+        let in_file = |e: String| Error::Train(format!("{}: {e}", path.display()));
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| in_file(e.to_string()))?;
         check_section_widths(&value).map_err(in_file)?;
         let mut config: RunConfig = serde_json::from_value(value).map_err(|e| in_file(e.to_string()))?;
         config.model.propagate_d_model();
-        config.validate().map_err(|e| TrainError(format!("{}: {e}", path.display())))?;
+        config.validate().map_err(|e| Error::Train(format!("{}: {e}", path.display())))?;
         Ok(config)
     }
 
@@ -157,18 +158,6 @@ fn check_section_widths(file: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A training failure, with a message that says what and where.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainError(pub String);
-
-impl fmt::Display for TrainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TrainError {}
-
 /// What one optimizer step measured.
 #[derive(Clone, Copy, Debug)]
 pub struct StepStats {
@@ -190,8 +179,8 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    pub fn new(config: RunConfig) -> Result<Self, TrainError> {
-        config.validate().map_err(TrainError)?;
+    pub fn new(config: RunConfig) -> Result<Self, Error> {
+        config.validate().map_err(Error::Train)?;
         let t = &config.train;
         let optimizer = AdamW::new(AdamWConfig {
             lr: t.lr,
@@ -202,17 +191,17 @@ impl Trainer {
             table_lr: t.table_lr,
         });
         let warmup = t.warmup_steps.min(t.steps);
-        let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio).map_err(TrainError)?;
+        let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio).map_err(Error::Train)?;
         let model = Gpt::new(&config.model, t.seed);
         Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
     }
 
     /// Changes the planned number of steps; the learning-rate schedule stretches to match, so the steps
     /// from here on differ from those of a run planned this long from its start.
-    pub fn set_steps(&mut self, steps: u64) -> Result<(), TrainError> {
+    pub fn set_steps(&mut self, steps: u64) -> Result<(), Error> {
         let t = &mut self.config.train;
         t.steps = steps;
-        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio).map_err(TrainError)?;
+        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio).map_err(Error::Train)?;
         Ok(())
     }
 
@@ -234,7 +223,7 @@ impl Trainer {
     /// One optimizer step on `batch`. If the loss or the gradient norm is not finite (a finite loss can
     /// still overflow in the backward), it fails and leaves the weights, batch-norm running statistics,
     /// optimizer state and step count as they were.
-    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, TrainError> {
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, Error> {
         // The training forward updates batch-norm running statistics before we know whether the step
         // is good, so keep a copy to put back (a few KB: one mean and variance per query feature).
         let running_stats = self.model.buffers();
@@ -258,11 +247,11 @@ impl Trainer {
     }
 
     /// Puts back the running statistics a failed step's forward changed, and says why it failed.
-    fn undo_step(&mut self, running_stats: Vec<(String, Tensor<f32>)>, why: String) -> TrainError {
+    fn undo_step(&mut self, running_stats: Vec<(String, Tensor<f32>)>, why: String) -> Error {
         self.tape.clear();
         let mut saved: BTreeMap<_, _> = running_stats.into_iter().collect();
         self.model.load_buffers(&mut saved).expect("the buffers were taken from this model");
-        TrainError(format!("step {}: {why}; stopping", self.step + 1))
+        Error::Train(format!("step {}: {why}; stopping", self.step + 1))
     }
 
     /// Mean cross-entropy (nats per token) over up to `max_batches` validation batches (0: all).
@@ -298,7 +287,7 @@ impl Trainer {
     }
 
     /// Rebuilds a trainer from a checkpoint written by [`Trainer::to_checkpoint`].
-    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self, TrainError> {
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self, Error> {
         let restored = Restored::new(checkpoint)?;
         let optimizer_step: u64 = restored.meta("optimizer_step")?.parse().map_err(|e| bad("optimizer_step", e))?;
         let mut trainer = Trainer::new(restored.config.clone())?;
@@ -308,7 +297,7 @@ impl Trainer {
         trainer
             .optimizer
             .load_state(optimizer_step, &optimizer_state, &trainer.model.params())
-            .map_err(|e| TrainError(format!("checkpoint: optimizer state: {e}")))?;
+            .map_err(|e| Error::Train(format!("checkpoint: optimizer state: {e}")))?;
         trainer.step = restored.step;
         trainer.tokenizer = restored.metadata.get("tokenizer").cloned();
         Ok(trainer)
@@ -319,7 +308,7 @@ impl Trainer {
 pub type Metadata = BTreeMap<String, String>;
 
 /// The model, config and metadata of a checkpoint, without the optimizer state (for `eval`, `sample`).
-pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metadata), TrainError> {
+pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metadata), Error> {
     let mut restored = Restored::new(checkpoint)?;
     let mut model = Gpt::new(&restored.config.model, restored.config.train.seed);
     load_weights(&mut model, &mut restored.tensors)?;
@@ -327,13 +316,12 @@ pub fn load_model(checkpoint: Checkpoint) -> Result<(Gpt<f32>, RunConfig, Metada
 }
 
 /// The model, config and tokenizer of the checkpoint at `path`, for scoring or sampling; errors name the file.
-pub fn load_model_and_tokenizer(path: &Path) -> Result<(Gpt<f32>, RunConfig, Tokenizer), TrainError> {
-    let in_file = |e: &dyn fmt::Display| TrainError(format!("{}: {e}", path.display()));
-    let checkpoint = Checkpoint::load(path).map_err(|e| TrainError(e.to_string()))?;
+pub fn load_model_and_tokenizer(path: &Path) -> Result<(Gpt<f32>, RunConfig, Tokenizer), Error> {
+    let in_file = |e: &dyn fmt::Display| Error::Train(format!("{}: {e}", path.display()));
+    let checkpoint = Checkpoint::load(path)?;
     let (model, config, metadata) = load_model(checkpoint).map_err(|e| in_file(&e))?;
     let text = metadata.get("tokenizer").ok_or_else(|| in_file(&"the checkpoint holds no tokenizer"))?;
-    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))
-        .map_err(|e| TrainError(e.to_string()))?;
+    let tokenizer = tokenizer_file::parse(text.as_bytes(), &format!("{} (tokenizer)", path.display()))?;
     if tokenizer.vocab_size() != config.model.vocab_size {
         return Err(in_file(&format!(
             "the tokenizer has {} tokens but model.vocab_size is {}",
@@ -353,7 +341,7 @@ struct Restored {
 }
 
 impl Restored {
-    fn new(checkpoint: Checkpoint) -> Result<Self, TrainError> {
+    fn new(checkpoint: Checkpoint) -> Result<Self, Error> {
         let mut restored = Restored {
             config: RunConfig::default(),
             step: 0,
@@ -361,7 +349,7 @@ impl Restored {
             tensors: checkpoint.tensors.into_iter().collect(),
         };
         if restored.meta("format")? != "peerlm-checkpoint-v1" {
-            return Err(TrainError(format!("checkpoint: unknown format {:?}", restored.meta("format")?)));
+            return Err(Error::Train(format!("checkpoint: unknown format {:?}", restored.meta("format")?)));
         }
         restored.config = config_of(&restored.metadata)?;
         // Refuse a config that asks for more parameters than the file holds before building the model:
@@ -369,7 +357,7 @@ impl Restored {
         let params = memory::param_count(&restored.config.model);
         let stored: f64 = restored.tensors.values().map(|t| t.numel() as f64).sum();
         if params > stored {
-            return Err(TrainError(format!(
+            return Err(Error::Train(format!(
                 "checkpoint: its config describes {params:.0} parameters, but the file holds only {stored:.0} values"
             )));
         }
@@ -380,13 +368,13 @@ impl Restored {
 
     /// The tokenizer must be the one whose hash was recorded beside it (checkpoints written before the hash
     /// existed have none, and pass).
-    fn check_tokenizer_hash(&self) -> Result<(), TrainError> {
+    fn check_tokenizer_hash(&self) -> Result<(), Error> {
         let (Some(text), Some(recorded)) = (self.metadata.get("tokenizer"), self.metadata.get("tokenizer_hash")) else {
             return Ok(());
         };
         let actual = format!("{:016x}", fnv::hash(text.as_bytes()));
         if &actual != recorded {
-            return Err(TrainError(format!(
+            return Err(Error::Train(format!(
                 "checkpoint: its tokenizer hashes to {actual}, but its metadata \"tokenizer_hash\" records {recorded} \
                  (the tokenizer was replaced after training)"
             )));
@@ -394,38 +382,38 @@ impl Restored {
         Ok(())
     }
 
-    fn meta(&self, key: &str) -> Result<&str, TrainError> {
+    fn meta(&self, key: &str) -> Result<&str, Error> {
         self.metadata
             .get(key)
             .map(String::as_str)
-            .ok_or_else(|| TrainError(format!("checkpoint: metadata has no \"{key}\"")))
+            .ok_or_else(|| Error::Train(format!("checkpoint: metadata has no \"{key}\"")))
     }
 }
 
 /// The run config stored in a checkpoint, validated (to size a model before building it).
-pub fn checkpoint_config(checkpoint: &Checkpoint) -> Result<RunConfig, TrainError> {
+pub fn checkpoint_config(checkpoint: &Checkpoint) -> Result<RunConfig, Error> {
     config_of(&checkpoint.metadata)
 }
 
-fn config_of(metadata: &Metadata) -> Result<RunConfig, TrainError> {
-    let text = metadata.get("config").ok_or_else(|| TrainError("checkpoint: metadata has no \"config\"".into()))?;
+fn config_of(metadata: &Metadata) -> Result<RunConfig, Error> {
+    let text = metadata.get("config").ok_or_else(|| Error::Train("checkpoint: metadata has no \"config\"".into()))?;
     let config: RunConfig = serde_json::from_str(text).map_err(|e| bad("config", e))?;
-    config.validate().map_err(|e| TrainError(format!("checkpoint: config: {e}")))?;
+    config.validate().map_err(|e| Error::Train(format!("checkpoint: config: {e}")))?;
     Ok(config)
 }
 
-fn bad(key: &str, error: impl fmt::Display) -> TrainError {
-    TrainError(format!("checkpoint: metadata \"{key}\": {error}"))
+fn bad(key: &str, error: impl fmt::Display) -> Error {
+    Error::Train(format!("checkpoint: metadata \"{key}\": {error}"))
 }
 
 /// Moves the model's weights and running statistics out of `tensors` into `model`.
-fn load_weights(model: &mut Gpt<f32>, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<(), TrainError> {
+fn load_weights(model: &mut Gpt<f32>, tensors: &mut BTreeMap<String, Tensor<f32>>) -> Result<(), Error> {
     for param in model.params_mut() {
         let value = tensors
             .remove(&param.name)
-            .ok_or_else(|| TrainError(format!("checkpoint: no tensor for parameter {}", param.name)))?;
+            .ok_or_else(|| Error::Train(format!("checkpoint: no tensor for parameter {}", param.name)))?;
         if value.shape() != param.value.shape() {
-            return Err(TrainError(format!(
+            return Err(Error::Train(format!(
                 "checkpoint: {} has shape {:?}, the model expects {:?}",
                 param.name,
                 value.shape(),
@@ -434,7 +422,7 @@ fn load_weights(model: &mut Gpt<f32>, tensors: &mut BTreeMap<String, Tensor<f32>
         }
         param.value = value;
     }
-    model.load_buffers(tensors).map_err(|e| TrainError(format!("checkpoint: {e}")))
+    model.load_buffers(tensors).map_err(|e| Error::Train(format!("checkpoint: {e}")))
 }
 
 /// Where a run writes, what it prints, and when it stops early.
@@ -485,8 +473,8 @@ pub fn run(
     train: &TokenDataset,
     valid: Option<&TokenDataset>,
     options: &RunOptions,
-) -> Result<RunSummary, TrainError> {
-    let io_err = |what: &str, e: std::io::Error| TrainError(format!("{what}: {e}"));
+) -> Result<RunSummary, Error> {
+    let io_err = |what: &str, e: std::io::Error| Error::Train(format!("{what}: {e}"));
     std::fs::create_dir_all(&options.out_dir).map_err(|e| io_err(&options.out_dir.display().to_string(), e))?;
     let metrics_path = options.out_dir.join("metrics.jsonl");
     let checkpoint_path = options.out_dir.join("checkpoint.safetensors");
@@ -508,12 +496,12 @@ pub fn run(
 
     while trainer.step_count() < end {
         if options.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-            trainer.to_checkpoint().save(&checkpoint_path).map_err(|e| TrainError(e.to_string()))?;
+            trainer.to_checkpoint().save(&checkpoint_path)?;
             interrupted = true;
             break;
         }
         let batch = train.train_batch(t.seed, trainer.step_count(), t.batch_size);
-        last = trainer.train_step(&batch).map_err(|e| TrainError(format!("{e}; {}", last_good(&checkpoint_path))))?;
+        last = trainer.train_step(&batch).map_err(|e| Error::Train(format!("{e}; {}", last_good(&checkpoint_path))))?;
         let step = trainer.step_count();
         let elapsed = started.elapsed().as_secs_f64();
         let tokens_per_second = ((step - first_step) as usize * tokens_per_step) as f64 / elapsed.max(1e-9);
@@ -542,7 +530,7 @@ pub fn run(
             }
         }
         if step == end || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
-            trainer.to_checkpoint().save(&checkpoint_path).map_err(|e| TrainError(e.to_string()))?;
+            trainer.to_checkpoint().save(&checkpoint_path)?;
         }
         if options.progress {
             let eta = (t.steps - step) as f64 * elapsed / (step - first_step) as f64;
@@ -593,12 +581,12 @@ struct ResumedStep {
 
 /// Drops the lines of `metrics.jsonl` for steps after `step` (and a line torn by a kill), atomically, and
 /// reads back the training line of `step` itself.
-fn trim_metrics(path: &Path, step: u64) -> Result<ResumedStep, TrainError> {
+fn trim_metrics(path: &Path, step: u64) -> Result<ResumedStep, Error> {
     let mut resumed = ResumedStep { loss: f64::NAN, seconds: 0.0 };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(resumed),
-        Err(e) => return Err(TrainError(format!("{}: {e}", path.display()))),
+        Err(e) => return Err(Error::Train(format!("{}: {e}", path.display()))),
     };
     let mut kept = String::with_capacity(text.len());
     for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
@@ -615,15 +603,15 @@ fn trim_metrics(path: &Path, step: u64) -> Result<ResumedStep, TrainError> {
         }
     }
     if kept.len() != text.len() {
-        atomic_file::write(path, kept.as_bytes()).map_err(|e| TrainError(e.to_string()))?;
+        atomic_file::write(path, kept.as_bytes())?;
     }
     Ok(resumed)
 }
 
 /// The steps a compute budget buys for this config (see [`flops`]); an error for a budget that is not a
 /// positive number or buys no whole step.
-pub fn steps_for_flops(config: &RunConfig, budget: f64) -> Result<u64, TrainError> {
-    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len).map_err(TrainError)
+pub fn steps_for_flops(config: &RunConfig, budget: f64) -> Result<u64, Error> {
+    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len).map_err(Error::Train)
 }
 
 fn clear(tty: bool) -> &'static str {

@@ -49,3 +49,53 @@ fn a_flop_budget_must_buy_a_whole_number_of_steps() {
     let twice = train::steps_for_flops(&config, 2e15).unwrap();
     assert!(steps > 0 && twice.abs_diff(2 * steps) <= 1, "{steps} then {twice}");
 }
+
+/// Every config the project has committed, read by this build: the run configs, each run the study specs
+/// plan, and the configs embedded in the study's run summaries. Each must read back into the same value
+/// (no field lost or renamed: `model.peer` and `model.pkm` write their product-key fields inline), and a
+/// summary's config must serialise to exactly the JSON it was committed with, so that the models it
+/// describes are built the same way.
+#[test]
+fn committed_configs_and_run_summaries_round_trip() {
+    use peerlm::sweep::SweepSpec;
+    use serde_json::Value;
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let round_trip = |config: &RunConfig, what: &str| {
+        let text = serde_json::to_string(config).unwrap();
+        assert_eq!(&serde_json::from_str::<RunConfig>(&text).unwrap(), config, "{what}");
+    };
+    for name in ["peer-tiny", "dense-tiny"] {
+        let path = root.join(format!("configs/{name}.json"));
+        round_trip(&RunConfig::load(&path).unwrap(), name);
+    }
+    let mut planned = 0;
+    for entry in std::fs::read_dir(root.join("configs/study")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            for run in SweepSpec::load(&path).unwrap().plan().unwrap() {
+                round_trip(&run.config, &run.id());
+                planned += 1;
+            }
+        }
+    }
+    assert!(planned > 0, "no study runs planned");
+
+    let mut summaries = vec![root.join("docs/reproduction/runs")];
+    let mut read = 0;
+    while let Some(path) = summaries.pop() {
+        if path.is_dir() {
+            summaries.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+            continue;
+        }
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let committed = &summary["config"];
+        let config: RunConfig = serde_json::from_value(committed.clone()).unwrap();
+        config.validate().unwrap();
+        // Through text, as the summary was written: an f32 field prints as its shortest decimal.
+        let written: Value = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(&written, committed, "{}", path.display());
+        read += 1;
+    }
+    assert!(read > 0, "no run summaries found");
+}

@@ -25,7 +25,7 @@ fn model() -> Gpt<f32> {
         ..ModelConfig::default()
     };
     config.dense.d_ff = 32;
-    (config.peer.num_experts, config.peer.heads, config.peer.top_k, config.peer.key_dim) = (16, 2, 2, 8);
+    (config.peer.num_experts, config.peer.keys.heads, config.peer.keys.top_k, config.peer.keys.key_dim) = (16, 2, 2, 8);
     config.propagate_d_model();
     config.validate().unwrap();
     Gpt::new(&config, 7)

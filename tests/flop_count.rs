@@ -12,7 +12,9 @@ use std::sync::Mutex;
 
 use peerlm::kernels::flop_count;
 use peerlm::model::{flops, FfwKind, Gpt, ModelConfig};
-use peerlm::nn::{DenseFfw, DenseFfwConfig, FfwOut, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Routing};
+use peerlm::nn::{
+    DenseFfw, DenseFfwConfig, FfwOut, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, ProductKeyConfig, Routing,
+};
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Param, ParamKind, Rng, Tape, Tensor, Var};
 
@@ -52,12 +54,8 @@ fn layer_step(run: impl FnOnce(&mut Tape<f32>, &Var<f32>) -> FfwOut<f32>) {
 
 fn peer_config() -> PeerConfig {
     PeerConfig {
-        d_model: D,
+        keys: ProductKeyConfig { d_model: D, heads: 4, top_k: 8, key_dim: 32, query_batch_norm: true },
         num_experts: 64 * 64,
-        heads: 4,
-        top_k: 8,
-        key_dim: 32,
-        query_batch_norm: true,
         query_bn_per_head: false,
         gate: peerlm::nn::Gate::Softmax,
         activation: ExpertActivation::Gelu,
@@ -65,7 +63,10 @@ fn peer_config() -> PeerConfig {
 }
 
 fn pkm_config() -> PkmConfig {
-    PkmConfig { d_model: D, sub_keys: 64, heads: 4, top_k: 8, key_dim: 32, query_batch_norm: true }
+    PkmConfig {
+        keys: ProductKeyConfig { d_model: D, heads: 4, top_k: 8, key_dim: 32, query_batch_norm: true },
+        sub_keys: 64,
+    }
 }
 
 fn moe_config(routing: Routing) -> MoeConfig {

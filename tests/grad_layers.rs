@@ -12,7 +12,8 @@ mod common;
 
 use common::{check_gradients, tensor};
 use peerlm::nn::{
-    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Routing,
+    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, ProductKeyConfig,
+    Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Grad, Param, ParamKind, Rng, Tape, Tensor, Var};
@@ -170,7 +171,10 @@ fn moe_expert_choice_gradients() {
 #[test]
 fn pkm_gradients() {
     for query_batch_norm in [true, false] {
-        let config = PkmConfig { d_model: 6, sub_keys: 3, heads: 2, top_k: 2, key_dim: 4, query_batch_norm };
+        let config = PkmConfig {
+            keys: ProductKeyConfig { d_model: 6, heads: 2, top_k: 2, key_dim: 4, query_batch_norm },
+            sub_keys: 3,
+        };
         let mut layer = Pkm::<f64>::new(&config, "pkm", &mut Rng::new(7));
         check_layer(&mut layer, |l, t, x| l.forward(t, x, true), input(5, 6, 8));
     }
@@ -186,12 +190,8 @@ fn peer_gradients() {
     ];
     for (seed, (query_batch_norm, query_bn_per_head, gate, activation)) in variants.into_iter().enumerate() {
         let config = PeerConfig {
-            d_model: 6,
+            keys: ProductKeyConfig { d_model: 6, heads: 2, top_k: 2, key_dim: 4, query_batch_norm },
             num_experts: 16,
-            heads: 2,
-            top_k: 2,
-            key_dim: 4,
-            query_batch_norm,
             query_bn_per_head,
             gate,
             activation,

@@ -28,8 +28,8 @@ fn config(ffw: FfwKind, routing: Routing) -> ModelConfig {
     config.dense.d_ff = 12;
     (config.moe.num_experts, config.moe.d_expert, config.moe.top_k, config.moe.routing) = (4, 6, 2, routing);
     config.moe.aux_loss_weight = 0.3;
-    (config.pkm.sub_keys, config.pkm.heads, config.pkm.top_k, config.pkm.key_dim) = (3, 2, 2, 4);
-    (config.peer.num_experts, config.peer.heads, config.peer.top_k, config.peer.key_dim) = (16, 2, 2, 4);
+    (config.pkm.sub_keys, config.pkm.keys.heads, config.pkm.keys.top_k, config.pkm.keys.key_dim) = (3, 2, 2, 4);
+    (config.peer.num_experts, config.peer.keys.heads, config.peer.keys.top_k, config.peer.keys.key_dim) = (16, 2, 2, 4);
     config.propagate_d_model();
     config.validate().unwrap();
     config

@@ -129,14 +129,14 @@ fn damaged_files_are_clear_errors() {
     let bad = dir.join("bad.safetensors");
     let open = |content: &[u8], verify: Verify| {
         std::fs::write(&bad, content).unwrap();
-        Model::open_with(&bad, &OpenOptions { verify, ..OpenOptions::default() }).err().map(|e| e.0)
+        Model::open_with(&bad, &OpenOptions { verify, ..OpenOptions::default() }).err().map(|e| e.to_string())
     };
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     for cut in [0, 7, 8, 9, header_len, header_len + 8, header_len + 9, bytes.len() / 2, bytes.len() - 1] {
         let error = open(&bytes[..cut], Verify::Small).unwrap_or_else(|| panic!("a file cut at {cut} bytes opened"));
         assert!(error.starts_with(&bad.display().to_string()), "{error}");
     }
-    let missing = Model::open(dir.join("missing.safetensors")).err().unwrap().0;
+    let missing = Model::open(dir.join("missing.safetensors")).err().unwrap().to_string();
     assert!(missing.contains("missing.safetensors") && missing.contains("No such file"), "{missing}");
 
     // A flipped bit in a small tensor is caught at open; one in a table only when asked (streaming).
@@ -242,7 +242,7 @@ fn mutated_files_open_or_fail_without_panicking() {
                 opened += 1;
             }
             Err(e) => {
-                assert!(e.0.starts_with(&bad.display().to_string()), "{e}");
+                assert!(e.to_string().starts_with(&bad.display().to_string()), "{e}");
                 refused += 1;
             }
         }

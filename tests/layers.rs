@@ -3,7 +3,8 @@
 //! configuration errors that name the bad field.
 
 use peerlm::nn::{
-    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, Routing,
+    DenseFfw, DenseFfwConfig, FfwOut, Gate, Module, Moe, MoeConfig, Peer, PeerConfig, Pkm, PkmConfig, ProductKeyConfig,
+    Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
 use peerlm::{Grad, Rng, Tape, Tensor, Var};
@@ -31,12 +32,8 @@ const D: usize = 32;
 
 fn peer_config() -> PeerConfig {
     PeerConfig {
-        d_model: D,
+        keys: ProductKeyConfig { d_model: D, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true },
         num_experts: 256,
-        heads: 4,
-        top_k: 4,
-        key_dim: 16,
-        query_batch_norm: true,
         query_bn_per_head: false,
         gate: Gate::Softmax,
         activation: ExpertActivation::Gelu,
@@ -44,7 +41,10 @@ fn peer_config() -> PeerConfig {
 }
 
 fn pkm_config() -> PkmConfig {
-    PkmConfig { d_model: D, sub_keys: 16, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true }
+    PkmConfig {
+        keys: ProductKeyConfig { d_model: D, heads: 4, top_k: 4, key_dim: 16, query_batch_norm: true },
+        sub_keys: 16,
+    }
 }
 
 fn moe_config(routing: Routing) -> MoeConfig {
@@ -239,17 +239,17 @@ fn config_errors_name_the_field() {
         error_of(c.validate())
     };
     assert_eq!(peer(|c| c.num_experts = 1000), "peer.num_experts: 1000 is not a perfect square");
-    assert!(peer(|c| c.key_dim = 15).starts_with("peer.key_dim:"));
-    assert!(peer(|c| c.top_k = 17).starts_with("peer.top_k:"));
-    assert!(peer(|c| c.heads = 0).starts_with("peer.heads:"));
-    assert!(peer(|c| c.d_model = 0).starts_with("peer.d_model:"));
+    assert!(peer(|c| c.keys.key_dim = 15).starts_with("peer.key_dim:"));
+    assert!(peer(|c| c.keys.top_k = 17).starts_with("peer.top_k:"));
+    assert!(peer(|c| c.keys.heads = 0).starts_with("peer.heads:"));
+    assert!(peer(|c| c.keys.d_model = 0).starts_with("peer.d_model:"));
 
     assert!(pkm_config().validate().is_ok());
     let mut pkm = pkm_config();
-    pkm.top_k = 17;
+    pkm.keys.top_k = 17;
     assert!(error_of(pkm.validate()).starts_with("pkm.top_k:"));
     pkm = pkm_config();
-    pkm.key_dim = 3;
+    pkm.keys.key_dim = 3;
     assert!(error_of(pkm.validate()).starts_with("pkm.key_dim:"));
 
     assert!(moe_config(Routing::TokenChoice).validate().is_ok());
@@ -292,7 +292,7 @@ fn a_training_forward_moves_the_query_running_statistics_by_the_momentum_update(
     let tokens = 80; // pooled: 320 rows of the norm, past its 256-row chunks
     for per_head in [false, true] {
         let config = PeerConfig { query_bn_per_head: per_head, ..peer_config() };
-        let (heads, key_dim) = (config.heads, config.key_dim);
+        let (heads, key_dim) = (config.keys.heads, config.keys.key_dim);
         let mut layer = Peer::<f64>::new(&config, "peer", &mut Rng::new(5));
         let stats = |layer: &Peer<f64>| layer.batch_norm_stats()[0].1.clone();
         assert_eq!(stats(&layer).momentum, 0.1, "PyTorch's default momentum");

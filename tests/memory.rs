@@ -16,8 +16,9 @@ fn small(ffw: FfwKind) -> ModelConfig {
     };
     config.dense.d_ff = 24;
     (config.moe.num_experts, config.moe.d_expert, config.moe.top_k) = (3, 8, 2);
-    (config.pkm.sub_keys, config.pkm.heads, config.pkm.top_k, config.pkm.key_dim) = (5, 2, 3, 6);
-    (config.peer.num_experts, config.peer.heads, config.peer.top_k, config.peer.key_dim) = (49, 3, 2, 10);
+    (config.pkm.sub_keys, config.pkm.keys.heads, config.pkm.keys.top_k, config.pkm.keys.key_dim) = (5, 2, 3, 6);
+    (config.peer.num_experts, config.peer.keys.heads, config.peer.keys.top_k, config.peer.keys.key_dim) =
+        (49, 3, 2, 10);
     config.propagate_d_model();
     config
 }
@@ -28,7 +29,7 @@ fn the_parameter_count_is_that_of_the_built_model() {
         for (tie, positions, batch_norm) in [(true, Positions::Learned, true), (false, Positions::Rotary, false)] {
             let mut config = small(ffw);
             (config.tie_embeddings, config.positions) = (tie, positions);
-            (config.pkm.query_batch_norm, config.peer.query_batch_norm) = (batch_norm, batch_norm);
+            (config.pkm.keys.query_batch_norm, config.peer.keys.query_batch_norm) = (batch_norm, batch_norm);
             config.ffw_blocks = (ffw != FfwKind::Dense).then(|| vec![0, 2]);
             config.validate().unwrap();
             let built = Gpt::<f32>::new(&config, 1).num_params();

@@ -25,13 +25,13 @@ fn tiny_with(ffw: FfwKind, positions: Positions) -> ModelConfig {
     config.moe.d_expert = 8;
     config.moe.top_k = 2;
     config.pkm.sub_keys = 4;
-    config.pkm.heads = 2;
-    config.pkm.top_k = 2;
-    config.pkm.key_dim = 8;
+    config.pkm.keys.heads = 2;
+    config.pkm.keys.top_k = 2;
+    config.pkm.keys.key_dim = 8;
     config.peer.num_experts = 16;
-    config.peer.heads = 2;
-    config.peer.top_k = 2;
-    config.peer.key_dim = 8;
+    config.peer.keys.heads = 2;
+    config.peer.keys.top_k = 2;
+    config.peer.keys.key_dim = 8;
     config.propagate_d_model();
     config.validate().unwrap();
     config
@@ -123,7 +123,7 @@ fn impossible_configs_name_the_field() {
     config.peer.num_experts = 15;
     assert!(config.validate().unwrap_err().contains("num_experts"), "{:?}", config.validate());
     let mut config = tiny(FfwKind::Peer);
-    config.peer.top_k = 5; // more than √N = 4
+    config.peer.keys.top_k = 5; // more than √N = 4
     assert!(config.validate().unwrap_err().contains("top_k"), "{:?}", config.validate());
     let mut config = tiny(FfwKind::Dense);
     config.ffw_blocks = Some(vec![3]);

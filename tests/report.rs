@@ -154,8 +154,8 @@ fn with_usage(mut run: RunSummaryFile, kl: f64) -> RunSummaryFile {
 fn peer(n: usize, h: usize, k: usize, bn: Option<bool>) -> impl Fn(&mut RunConfig) {
     move |c| {
         c.model.ffw = FfwKind::Peer;
-        (c.model.peer.num_experts, c.model.peer.heads, c.model.peer.top_k) = (n, h, k);
-        c.model.peer.query_batch_norm = bn.is_some();
+        (c.model.peer.num_experts, c.model.peer.keys.heads, c.model.peer.keys.top_k) = (n, h, k);
+        c.model.peer.keys.query_batch_norm = bn.is_some();
         c.model.peer.query_bn_per_head = bn == Some(true);
     }
 }

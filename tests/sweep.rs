@@ -47,7 +47,7 @@ fn a_spec_expands_into_named_runs_that_spend_their_budgets() {
         let model = &run.config.model;
         assert_eq!(model.ffw == FfwKind::Peer, run.name.starts_with("peer"), "{}", run.id());
         assert_eq!(model.d_model, if run.name.contains("d24") { 24 } else { 16 });
-        assert_eq!(model.peer.d_model, model.d_model, "{}: d_model reaches the layer sections", run.id());
+        assert_eq!(model.peer.keys.d_model, model.d_model, "{}: d_model reaches the layer sections", run.id());
         assert_eq!(run.config.train.seed, run.seed);
         let per_step = flops::train_flops_per_token(model) * run.tokens_per_step() as f64;
         assert!((run.train_flops() - run.budget).abs() <= per_step / 2.0, "{}", run.id());

@@ -55,7 +55,7 @@ fn live_bytes_over_two_halves(half: usize, mut after_step: impl FnMut(usize)) ->
         ..ModelConfig::default()
     };
     config.dense.d_ff = 16;
-    (config.peer.num_experts, config.peer.heads, config.peer.top_k, config.peer.key_dim) = (16, 2, 2, 4);
+    (config.peer.num_experts, config.peer.keys.heads, config.peer.keys.top_k, config.peer.keys.key_dim) = (16, 2, 2, 4);
     config.propagate_d_model();
     config.validate().unwrap();
     let mut model = Gpt::<f32>::new(&config, 1);

@@ -137,7 +137,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     }
     trainer.config.train.steps = 40;
     let error = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&dir)).unwrap_err();
-    assert!(error.0.contains("NaN") && error.0.contains("checkpoint"), "{error}");
+    assert!(error.to_string().contains("NaN") && error.to_string().contains("checkpoint"), "{error}");
     assert_eq!(
         std::fs::read(dir.join("checkpoint.safetensors")).unwrap(),
         saved,
@@ -166,7 +166,7 @@ fn an_overflowing_gradient_stops_the_step_and_leaves_the_weights() {
     assert!(!stats_before.is_empty(), "the PEER block should have query batch-norm statistics");
     let error = trainer.train_step(&batch).unwrap_err();
     // NaN here; an overflow elsewhere could give inf, and either must stop the step.
-    assert!(error.0.contains("gradient norm is"), "{error}");
+    assert!(error.to_string().contains("gradient norm is"), "{error}");
     assert!(weights_before == weights(&trainer), "a failed step changed the weights");
     // The forward ran in training mode and moved the running statistics; the failed step puts them back.
     assert!(stats_before == running_stats(&trainer), "a failed step changed the running statistics");
@@ -185,7 +185,7 @@ fn training_normalises_queries_by_the_batch_and_moves_the_running_statistics() {
     for per_head in [false, true] {
         let mut config = config();
         config.model.peer.query_bn_per_head = per_head;
-        let (heads, key_dim) = (config.model.peer.heads, config.model.peer.key_dim);
+        let (heads, key_dim) = (config.model.peer.keys.heads, config.model.peer.keys.key_dim);
         let mut trainer = Trainer::new(config.clone()).unwrap();
         let before = trainer.model.buffers();
         let width = if per_head { heads * key_dim } else { key_dim };
@@ -220,8 +220,8 @@ fn a_nan_stop_before_any_checkpoint_names_none() {
         param.value.data_mut().iter_mut().for_each(|x| *x = f32::NAN);
     }
     let error = train::run(&mut trainer, &train_data, Some(&valid_data), &quiet(&run_dir)).unwrap_err();
-    assert!(error.0.contains("no checkpoint was written yet"), "{error}");
-    assert!(!error.0.contains("last good checkpoint"), "{error}");
+    assert!(error.to_string().contains("no checkpoint was written yet"), "{error}");
+    assert!(!error.to_string().contains("last good checkpoint"), "{error}");
 }
 
 #[test]
@@ -282,5 +282,5 @@ fn a_checkpoint_whose_config_outgrows_its_tensors_is_refused_before_building() {
     checkpoint.metadata.insert("config".into(), serde_json::to_string(&crafted).unwrap());
     checkpoint.save(&path).unwrap();
     let error = train::load_model(Checkpoint::load(&path).unwrap()).err().unwrap();
-    assert!(error.0.contains("parameters, but the file holds only"), "{error}");
+    assert!(error.to_string().contains("parameters, but the file holds only"), "{error}");
 }

@@ -16,7 +16,6 @@
 //! otherwise mix in.
 
 use std::collections::VecDeque;
-use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,7 +25,8 @@ use peerlm::data::atomic_file::sweep_stale_temps;
 use peerlm::data::bpe::{MAX_VOCAB, MIN_VOCAB};
 use peerlm::data::c4::DocumentReader;
 use peerlm::data::shard::ShardWriter;
-use peerlm::data::{tokenizer_file, DataError, Tokenizer, TokenizerId};
+use peerlm::data::{tokenizer_file, Tokenizer, TokenizerId};
+use peerlm::Error;
 
 #[derive(Args)]
 pub struct PrepareArgs {
@@ -89,7 +89,7 @@ impl PrepareArgs {
         }
     }
 
-    fn reader(&self, files: &[PathBuf]) -> Result<DocumentReader, DataError> {
+    fn reader(&self, files: &[PathBuf]) -> Result<DocumentReader, Error> {
         Ok(DocumentReader::open(files, self.skip_bad_lines)?.with_field(&self.field))
     }
 }
@@ -97,9 +97,9 @@ impl PrepareArgs {
 /// Text encoded per parallel batch in pass 2.
 const BATCH_BYTES: usize = 8 << 20;
 
-pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn Error>> {
+pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn std::error::Error>> {
     check_args(args)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| DataError::io(args.out.display(), e))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(args.out.display(), e))?;
     for temp in sweep_stale_temps(&args.out)? {
         eprintln!("removed {}, left by a writer that was killed", temp.display());
     }
@@ -161,7 +161,7 @@ fn check_args(args: &PrepareArgs) -> Result<(), String> {
 }
 
 /// Pass 1: a tokenizer of `--vocab` tokens trained on the first documents of the input.
-fn train_tokenizer(args: &PrepareArgs, hold_back: usize) -> Result<Tokenizer, Box<dyn Error>> {
+fn train_tokenizer(args: &PrepareArgs, hold_back: usize) -> Result<Tokenizer, Box<dyn std::error::Error>> {
     let vocab = args.vocab.ok_or("--vocab: the size of the tokenizer to train")?;
     let (sample, sample_bytes) = read_tokenizer_sample(args, hold_back)?;
     let training = Instant::now();
@@ -185,7 +185,7 @@ fn encode_input(
     tokenizer: &Tokenizer,
     id: &TokenizerId,
     held: &mut VecDeque<String>,
-) -> Result<(Stats, u64), Box<dyn Error>> {
+) -> Result<(Stats, u64), Box<dyn std::error::Error>> {
     let hold_back = args.valid_docs.unwrap_or(0);
     let mut train = ShardSet::new(&args.out, "train", id, args.shard_tokens);
     let mut reader = args.reader(&args.input)?;
@@ -225,7 +225,7 @@ fn encode_held_out(
     tokenizer: &Tokenizer,
     id: &TokenizerId,
     mut held: VecDeque<String>,
-) -> Result<(Stats, u64), Box<dyn Error>> {
+) -> Result<(Stats, u64), Box<dyn std::error::Error>> {
     let mut valid = ShardSet::new(&args.out, "valid", id, args.shard_tokens);
     if args.valid.is_empty() {
         valid.add_documents(tokenizer, held.make_contiguous())?;
@@ -252,10 +252,10 @@ fn print_skipped(args: &PrepareArgs, source: &str, skipped: u64) {
 
 /// Removes the shards of a replaced data set that this run did not rewrite, which training would
 /// otherwise mix in.
-fn remove_stale_shards(old_outputs: &[PathBuf], written: &[PathBuf]) -> Result<(), DataError> {
+fn remove_stale_shards(old_outputs: &[PathBuf], written: &[PathBuf]) -> Result<(), Error> {
     for stale in old_outputs.iter().filter(|p| !written.contains(p)) {
         if stale.extension().is_some_and(|e| e == "bin") {
-            std::fs::remove_file(stale).map_err(|e| DataError::io(stale.display(), e))?;
+            std::fs::remove_file(stale).map_err(|e| Error::io(stale.display(), e))?;
             println!("removed {}, a shard of the replaced data set", stale.display());
         }
     }
@@ -263,10 +263,10 @@ fn remove_stale_shards(old_outputs: &[PathBuf], written: &[PathBuf]) -> Result<(
 }
 
 /// The files of a prepared data set already in `dir`: `tokenizer.bpe` and `train_*.bin`/`valid_*.bin`.
-fn prepared_outputs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+fn prepared_outputs(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir.display(), e))? {
-        let path = entry.map_err(|e| DataError::io(dir.display(), e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))? {
+        let path = entry.map_err(|e| Error::io(dir.display(), e))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let shard = (name.starts_with("train_") || name.starts_with("valid_")) && name.ends_with(".bin");
         if shard || name == "tokenizer.bpe" {
@@ -277,7 +277,7 @@ fn prepared_outputs(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// Pass 1: the texts of the first documents (minus the held-out tail) up to the sample size.
-fn read_tokenizer_sample(args: &PrepareArgs, hold_back: usize) -> Result<(Vec<String>, u64), DataError> {
+fn read_tokenizer_sample(args: &PrepareArgs, hold_back: usize) -> Result<(Vec<String>, u64), Error> {
     let mut reader = args.reader(&args.input)?;
     let mut held: VecDeque<String> = VecDeque::with_capacity(hold_back);
     let mut sample = Vec::new();
@@ -339,7 +339,7 @@ impl ShardSet {
         ShardSet { dir: dir.to_path_buf(), split, tokenizer, shard_tokens, current: None, stats: Stats::default() }
     }
 
-    fn add_documents(&mut self, tokenizer: &Tokenizer, documents: &[String]) -> Result<(), DataError> {
+    fn add_documents(&mut self, tokenizer: &Tokenizer, documents: &[String]) -> Result<(), Error> {
         let tokens = tokenizer.encode_documents(documents);
         self.stats.documents += documents.len() as u64;
         self.stats.bytes += documents.iter().map(|d| d.len() as u64).sum::<u64>();
@@ -362,7 +362,7 @@ impl ShardSet {
         Ok(())
     }
 
-    fn new_shard(&mut self) -> Result<ShardWriter, DataError> {
+    fn new_shard(&mut self) -> Result<ShardWriter, Error> {
         let path = self.dir.join(format!("{}_{:03}.bin", self.split, self.stats.shards.len()));
         let writer = ShardWriter::create_for(&path, &self.tokenizer)?;
         self.stats.shards.push(path);
@@ -370,7 +370,7 @@ impl ShardSet {
     }
 
     /// Finish the open shard; with no tokens at all, still write an empty `<split>_000.bin`.
-    fn finish(mut self) -> Result<Stats, DataError> {
+    fn finish(mut self) -> Result<Stats, Error> {
         if self.current.is_none() && self.stats.shards.is_empty() {
             self.current = Some(self.new_shard()?);
         }

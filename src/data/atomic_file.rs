@@ -11,7 +11,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::error::{DataError, Result};
+use crate::error::{Error, Result};
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
 
@@ -28,13 +28,13 @@ pub struct AtomicFile {
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
         let file_name =
-            path.file_name().ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
+            path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
         let mut temp_name = file_name.to_os_string();
         // Unique per process and per writer, so concurrent writers of one name never share a temporary.
         let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
         temp_name.push(format!(".tmp{}-{serial}", std::process::id()));
         let temp_path = path.with_file_name(temp_name);
-        let file = File::create(&temp_path).map_err(|e| DataError::io(temp_path.display(), e))?;
+        let file = File::create(&temp_path).map_err(|e| Error::io(temp_path.display(), e))?;
         Ok(AtomicFile {
             final_path: path.to_path_buf(),
             temp_path,
@@ -53,16 +53,16 @@ impl AtomicFile {
             .as_mut()
             .expect("AtomicFile used after commit")
             .write_all(bytes)
-            .map_err(|e| DataError::io(temp.display(), e))
+            .map_err(|e| Error::io(temp.display(), e))
     }
 
     /// Overwrite bytes at `offset` (used to fill in a header once the contents are known).
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         let temp = self.temp_path.display().to_string();
         let writer = self.writer();
-        writer.seek(SeekFrom::Start(offset)).map_err(|e| DataError::io(&temp, e))?;
-        writer.write_all(bytes).map_err(|e| DataError::io(&temp, e))?;
-        writer.seek(SeekFrom::End(0)).map_err(|e| DataError::io(&temp, e))?;
+        writer.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&temp, e))?;
+        writer.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
+        writer.seek(SeekFrom::End(0)).map_err(|e| Error::io(&temp, e))?;
         Ok(())
     }
 
@@ -70,10 +70,10 @@ impl AtomicFile {
     pub fn commit(mut self) -> Result<()> {
         let temp = self.temp_path.display().to_string();
         let writer = self.writer.take().expect("AtomicFile committed twice");
-        let file = writer.into_inner().map_err(|e| DataError::io(&temp, e.into_error()))?;
-        file.sync_all().map_err(|e| DataError::io(&temp, e))?;
+        let file = writer.into_inner().map_err(|e| Error::io(&temp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&temp, e))?;
         drop(file);
-        fs::rename(&self.temp_path, &self.final_path).map_err(|e| DataError::io(self.final_path.display(), e))?;
+        fs::rename(&self.temp_path, &self.final_path).map_err(|e| Error::io(self.final_path.display(), e))?;
         self.renamed = true;
         if let Some(dir) = self.final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(dir_handle) = File::open(dir) {
@@ -122,14 +122,14 @@ pub fn sweep_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(DataError::io(dir.display(), e)),
+        Err(e) => return Err(Error::io(dir.display(), e)),
     };
     let mut removed = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| DataError::io(dir.display(), e))?.path();
+        let path = entry.map_err(|e| Error::io(dir.display(), e))?.path();
         let Some(pid) = path.file_name().and_then(|n| n.to_str()).and_then(temp_owner) else { continue };
         if pid > 0 && !process_alive(pid) && path.is_file() {
-            fs::remove_file(&path).map_err(|e| DataError::io(path.display(), e))?;
+            fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
             removed.push(path);
         }
     }

@@ -19,9 +19,9 @@ use std::sync::Mutex;
 
 use crate::kernels::parallel::prelude::*;
 
-use super::error::{DataError, Result};
 use super::fxhash::{FxHashMap, FxHashSet};
 use super::pretokenize::pre_split;
+use crate::error::{Error, Result};
 
 /// Smallest and largest vocabulary `train` accepts: no merges at all, or ids that still fit in 16 bits.
 pub const MIN_VOCAB: usize = 257;
@@ -67,19 +67,19 @@ impl Tokenizer {
     /// Build from a merge list; merge `r` may only use ids below `256 + r` and no pair may appear twice.
     pub fn from_merges(merges: Vec<(u32, u32)>) -> Result<Self> {
         if merges.len() > MAX_VOCAB - MIN_VOCAB {
-            return Err(DataError::Invalid(format!("{} merges: at most {}", merges.len(), MAX_VOCAB - MIN_VOCAB)));
+            return Err(Error::Invalid(format!("{} merges: at most {}", merges.len(), MAX_VOCAB - MIN_VOCAB)));
         }
         let mut token_bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
         let mut ranks = FxHashMap::default();
         for (rank, &(left, right)) in merges.iter().enumerate() {
             let next_id = 256 + rank as u32;
             if left >= next_id || right >= next_id {
-                return Err(DataError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "merge {rank} ({left} {right}) uses a token id not defined before it (ids must be < {next_id})"
                 )));
             }
             if ranks.insert((left, right), rank as u32).is_some() {
-                return Err(DataError::Invalid(format!("merge {rank} ({left} {right}) repeats an earlier merge")));
+                return Err(Error::Invalid(format!("merge {rank} ({left} {right}) repeats an earlier merge")));
             }
             let bytes = [token_bytes[left as usize].as_slice(), token_bytes[right as usize].as_slice()].concat();
             token_bytes.push(bytes);
@@ -115,7 +115,7 @@ impl Tokenizer {
     /// of pairs to merge first (a tiny sample), the vocabulary is smaller: check [`Tokenizer::vocab_size`].
     pub fn train<S: AsRef<str> + Sync>(documents: &[S], vocab_size: usize) -> Result<Self> {
         if !(MIN_VOCAB..=MAX_VOCAB).contains(&vocab_size) {
-            return Err(DataError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "vocabulary size {vocab_size} out of range {MIN_VOCAB}..={MAX_VOCAB} (256 bytes + merges + end-of-text)"
             )));
         }
@@ -193,7 +193,7 @@ impl Tokenizer {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for (position, &id) in ids.iter().enumerate() {
             let token = self.token_bytes(id).ok_or_else(|| {
-                DataError::Invalid(format!(
+                Error::Invalid(format!(
                     "token id {id} at position {position} is not below vocab size {}",
                     self.vocab_size()
                 ))

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 use serde::Deserialize;
 
-use super::error::{DataError, Result};
+use crate::error::{Error, Result};
 
 /// One C4 document: the `text` of one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +80,8 @@ impl<R: BufRead> JsonLines<R> {
         self.skipped
     }
 
-    fn bad_line(&self, reason: String) -> DataError {
-        DataError::BadLine { path: self.name.clone(), line: self.line_number, reason }
+    fn bad_line(&self, reason: String) -> Error {
+        Error::BadLine { path: self.name.clone(), line: self.line_number, reason }
     }
 
     /// Parse the current line; `Ok(None)` for a blank line (e.g. a trailing newline at the end of a file).
@@ -155,9 +155,9 @@ pub fn is_plain_text(path: &Path) -> bool {
 
 /// The whole of a plain text file as one document; invalid UTF-8 is an error naming its byte offset.
 fn read_plain_text(path: &Path) -> Result<Document> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path.display(), e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        DataError::Invalid(format!("{}: invalid UTF-8 at byte offset {}", path.display(), e.utf8_error().valid_up_to()))
+        Error::Invalid(format!("{}: invalid UTF-8 at byte offset {}", path.display(), e.utf8_error().valid_up_to()))
     })?;
     Ok(Document { text })
 }
@@ -168,18 +168,18 @@ fn read_plain_text(path: &Path) -> Result<Document> {
 pub fn list_input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
-        let metadata = std::fs::metadata(input).map_err(|e| DataError::io(input.display(), e))?;
+        let metadata = std::fs::metadata(input).map_err(|e| Error::io(input.display(), e))?;
         if metadata.is_dir() {
-            let entries = std::fs::read_dir(input).map_err(|e| DataError::io(input.display(), e))?;
+            let entries = std::fs::read_dir(input).map_err(|e| Error::io(input.display(), e))?;
             let mut found = Vec::new();
             for entry in entries {
-                let path = entry.map_err(|e| DataError::io(input.display(), e))?.path();
+                let path = entry.map_err(|e| Error::io(input.display(), e))?.path();
                 if path.is_file() && is_c4_file(&path) {
                     found.push(path);
                 }
             }
             if found.is_empty() {
-                return Err(DataError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "{}: directory has no *.json.gz, *.jsonl.gz, *.json or *.jsonl files",
                     input.display()
                 )));
@@ -211,7 +211,7 @@ impl DocumentReader {
     pub fn open(inputs: &[PathBuf], skip_bad_lines: bool) -> Result<Self> {
         let files = list_input_files(inputs)?;
         if files.is_empty() {
-            return Err(DataError::Invalid("no input files".into()));
+            return Err(Error::Invalid("no input files".into()));
         }
         Ok(DocumentReader {
             files,
@@ -250,7 +250,7 @@ impl DocumentReader {
             self.plain = Some(read_plain_text(path)?);
             return Ok(());
         }
-        let file = File::open(path).map_err(|e| DataError::io(path.display(), e))?;
+        let file = File::open(path).map_err(|e| Error::io(path.display(), e))?;
         let gzip = path.extension().is_some_and(|ext| ext == "gz");
         let lines = JsonLines::new(open_stream(file, gzip), path.display().to_string(), self.skip_bad_lines);
         self.current = Some(lines.with_field(&self.field));

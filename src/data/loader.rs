@@ -21,9 +21,9 @@
 
 use std::path::PathBuf;
 
-use super::error::{DataError, Result};
 use super::shard::Shard;
 use super::tokenizer_file::TokenizerId;
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// `batch_size` windows of `seq_len` inputs and `seq_len` targets, row-major (`[batch_size, seq_len]`).
@@ -65,14 +65,14 @@ impl TokenDataset {
 
     pub fn from_shards(shards: Vec<Shard>, seq_len: usize) -> Result<Self> {
         if seq_len == 0 {
-            return Err(DataError::Invalid("sequence length must be at least 1".into()));
+            return Err(Error::Invalid("sequence length must be at least 1".into()));
         }
         let Some(first) = shards.first() else {
-            return Err(DataError::Invalid("no token shards given".into()));
+            return Err(Error::Invalid("no token shards given".into()));
         };
         let vocab_size = first.vocab_size();
         if let Some(other) = shards.iter().find(|s| s.vocab_size() != vocab_size) {
-            return Err(DataError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "{} has vocab size {}, but {} has {vocab_size}",
                 other.path().display(),
                 other.vocab_size(),
@@ -85,7 +85,7 @@ impl TokenDataset {
             cumulative_starts.push(cumulative_starts.last().copied().unwrap_or(0) + starts);
         }
         if cumulative_starts.last() == Some(&0) {
-            return Err(DataError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "the shards hold no window of {} tokens (sequence length {seq_len} + 1)",
                 seq_len + 1
             )));
@@ -165,8 +165,8 @@ impl TokenDataset {
         Batch { inputs, targets, batch_size: starts.len(), seq_len }
     }
 
-    /// Release the pages the windows at `starts` mapped (see the module comment). Measured on a 1 GiB shard,
-    /// warm page cache: 120 µs per batch of 8 x 1025 tokens (50 µs without), next to ~0.5 s per training step.
+    /// Release the pages the windows at `starts` mapped (see the module comment). It costs a small fraction
+    /// of a training step (docs/PERFORMANCE.md, "Figures moved out of code comments").
     fn release_pages(&self, starts: &[WindowStart]) {
         let mut shards: Vec<usize> = starts.iter().map(|s| s.shard).collect();
         shards.sort_unstable();

@@ -14,7 +14,6 @@ pub mod atomic_file;
 pub mod bpe;
 #[cfg(feature = "c4")]
 pub mod c4;
-pub mod error;
 pub mod fnv;
 pub mod fxhash;
 pub mod loader;
@@ -25,7 +24,6 @@ pub mod tokenizer_file;
 pub use bpe::Tokenizer;
 #[cfg(feature = "c4")]
 pub use c4::{Document, DocumentReader, JsonLines};
-pub use error::DataError;
 pub use loader::{Batch, TokenDataset};
 pub use shard::{Shard, ShardHeader, ShardWriter};
 pub use tokenizer_file::TokenizerId;

@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use super::atomic_file::AtomicFile;
-use super::error::{DataError, Result};
 use super::fnv::{self, Fnv1a};
 use super::tokenizer_file::TokenizerId;
+use crate::error::{Error, Result};
 
 /// llm.c's magic number of `u16` shards (version 1), and of peerlm's earlier `u32` shards (version 2).
 pub const MAGIC: i32 = 20_240_520;
@@ -106,21 +106,21 @@ impl ShardHeader {
     /// Decode and check a header from the first bytes of a shard; `name` appears in errors.
     pub fn parse(bytes: &[u8], name: &str) -> Result<Self> {
         if bytes.len() < HEADER_BYTES {
-            return Err(DataError::shard(name, format!("{} bytes, shorter than the 1024-byte header", bytes.len())));
+            return Err(Error::shard(name, format!("{} bytes, shorter than the 1024-byte header", bytes.len())));
         }
         let slot = |i: usize| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
         let version = parse_version(slot(0), slot(1), name)?;
         let token_count = slot(2);
         if token_count < 0 {
-            return Err(DataError::shard(name, format!("negative token count {token_count}")));
+            return Err(Error::shard(name, format!("negative token count {token_count}")));
         }
         let vocab = parse_vocab(version, slot(3), join(slot(4), slot(5)), name)?;
         let tokenizer_hash = Some(join(slot(6), slot(7))).filter(|&hash| hash != 0);
         if vocab.is_none() && tokenizer_hash.is_some() {
-            return Err(DataError::shard(name, "a tokenizer hash (header slots 6-7) without a vocab size (slot 3)"));
+            return Err(Error::shard(name, "a tokenizer hash (header slots 6-7) without a vocab size (slot 3)"));
         }
         if let Some(slot_index) = (8..256).find(|&i| slot(i) != 0) {
-            return Err(DataError::shard(
+            return Err(Error::shard(
                 name,
                 format!("header slot {slot_index} is {} (slots 8..256 must be 0)", slot(slot_index)),
             ));
@@ -133,11 +133,11 @@ impl ShardHeader {
 fn parse_version(magic: i32, version: i32, name: &str) -> Result<u32> {
     match (magic, version) {
         (MAGIC, 1 | 2) | (MAGIC_U32, 7) => Ok(version as u32),
-        (MAGIC | MAGIC_U32, _) => Err(DataError::shard(
+        (MAGIC | MAGIC_U32, _) => Err(Error::shard(
             name,
             format!("version {version} of magic {magic} is not one of 1 or 2 (magic {MAGIC}) or 7 (magic {MAGIC_U32})"),
         )),
-        _ => Err(DataError::shard(
+        _ => Err(Error::shard(
             name,
             format!("magic number {magic} is not {MAGIC} or {MAGIC_U32} (not an llm.c token file)"),
         )),
@@ -150,7 +150,7 @@ fn parse_vocab(version: u32, vocab_size: i32, checksum: u64, name: &str) -> Resu
         return Ok(None);
     }
     if vocab_size <= 0 || (version == 1 && vocab_size as u32 > MAX_U16_VOCAB) {
-        return Err(DataError::shard(
+        return Err(Error::shard(
             name,
             format!("vocab size {vocab_size} (header slot 3) is not in 1..={MAX_U16_VOCAB} for u16 tokens or positive for u32 tokens"),
         ));
@@ -195,7 +195,7 @@ impl TokenScan {
         if let Some(position) = out_of_range {
             let index = self.tokens_seen + position as u64;
             let token = decode_token(&bytes[position * width..(position + 1) * width]);
-            return Err(DataError::shard(
+            return Err(Error::shard(
                 name,
                 format!(
                     "token {token} at index {index} (byte offset {}) is not below vocab size {}",
@@ -210,7 +210,7 @@ impl TokenScan {
 
     fn finish(self, name: &str) -> Result<()> {
         match self.checksum {
-            Some(expected) if expected != self.hash.value() => Err(DataError::shard(
+            Some(expected) if expected != self.hash.value() => Err(Error::shard(
                 name,
                 format!(
                     "checksum mismatch: header says {expected:016x}, tokens hash to {:016x} (file corrupted)",
@@ -227,10 +227,7 @@ impl TokenScan {
 fn check_tokenizer(header: &ShardHeader, tokenizer: Option<&TokenizerId>, name: &str) -> Result<(u32, Vec<String>)> {
     let Some(tokenizer) = tokenizer else {
         let vocab = header.vocab.ok_or_else(|| {
-            DataError::shard(
-                name,
-                "a plain llm.c shard (no vocab size in header slot 3) needs its tokenizer to be read",
-            )
+            Error::shard(name, "a plain llm.c shard (no vocab size in header slot 3) needs its tokenizer to be read")
         })?;
         return Ok((vocab.vocab_size, Vec::new()));
     };
@@ -244,7 +241,7 @@ fn check_tokenizer(header: &ShardHeader, tokenizer: Option<&TokenizerId>, name: 
     let mut warnings = Vec::new();
     match header.tokenizer_hash {
         Some(hash) if hash != tokenizer.hash => {
-            return Err(DataError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "{name} was encoded by tokenizer {hash:016x} (header slots 6-7), but {} holds tokenizer {:016x}: \
                  encode the text again with that tokenizer (`peerlm prepare --tokenizer` or `--from-checkpoint`)",
                 tokenizer.source, tokenizer.hash
@@ -257,7 +254,7 @@ fn check_tokenizer(header: &ShardHeader, tokenizer: Option<&TokenizerId>, name: 
         )),
     }
     if vocab.vocab_size != tokenizer.vocab_size {
-        return Err(DataError::Invalid(format!(
+        return Err(Error::Invalid(format!(
             "{name} holds tokens of a {}-token vocabulary (header slot 3), but {}'s tokenizer has {} tokens",
             vocab.vocab_size, tokenizer.source, tokenizer.vocab_size
         )));
@@ -276,7 +273,7 @@ fn decode_token(bytes: &[u8]) -> u32 {
 
 fn check_length(header: &ShardHeader, actual: u64, name: &str) -> Result<()> {
     if actual != header.file_len() {
-        return Err(DataError::shard(
+        return Err(Error::shard(
             name,
             format!(
                 "{actual} bytes, but the header's {} tokens of {} bytes need {} (truncated or padded)",
@@ -324,10 +321,10 @@ impl Shard {
 
     fn open_checked(path: &Path, tokenizer: Option<&TokenizerId>) -> Result<Self> {
         let name = path.display().to_string();
-        let mut file = File::open(path).map_err(|e| DataError::io(&name, e))?;
-        let actual_len = file.metadata().map_err(|e| DataError::io(&name, e))?.len();
+        let mut file = File::open(path).map_err(|e| Error::io(&name, e))?;
+        let actual_len = file.metadata().map_err(|e| Error::io(&name, e))?.len();
         let mut header_bytes = vec![0u8; HEADER_BYTES.min(actual_len as usize)];
-        file.read_exact(&mut header_bytes).map_err(|e| DataError::io(&name, e))?;
+        file.read_exact(&mut header_bytes).map_err(|e| Error::io(&name, e))?;
         let header = ShardHeader::parse(&header_bytes, &name)?;
         check_length(&header, actual_len, &name)?;
         let (vocab_size, warnings) = check_tokenizer(&header, tokenizer, &name)?;
@@ -335,7 +332,7 @@ impl Shard {
         let mut scan = TokenScan::new(&header, vocab_size);
         let mut buffer = vec![0u8; 1 << 20]; // a multiple of both token widths
         loop {
-            let filled = read_full(&mut file, &mut buffer).map_err(|e| DataError::io(&name, e))?;
+            let filled = read_full(&mut file, &mut buffer).map_err(|e| Error::io(&name, e))?;
             if filled == 0 {
                 break;
             }
@@ -346,12 +343,12 @@ impl Shard {
         // SAFETY: the map is read-only and lives as long as `Shard`. The one hazard of a file map is another
         // process truncating or rewriting the file while it is mapped; shards are written once to a temporary
         // name and renamed into place (see `ShardWriter`), never modified afterwards.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&name, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&name, e))?;
         check_length(&header, map.len() as u64, &name)?;
         // Training reads small windows at random places: without this advice, a window whose pages are not
-        // cached makes the kernel read ahead around it (measured, 1 GiB shard, cold cache: 2,000 windows read
-        // 1 GiB from disk at 840 µs each; with it, 11 MiB at 70 µs). It does not stop a fault from mapping a
-        // whole cached folio: see `release_pages`. An advice, so failure is harmless.
+        // cached makes the kernel read ahead around it, reading from disk far more than the windows hold
+        // (docs/PERFORMANCE.md, "Figures moved out of code comments"). It does not stop a fault from mapping
+        // a whole cached folio: see `release_pages`. An advice, so failure is harmless.
         let _ = map.advise(Advice::Random);
         Ok(Shard { path: path.to_path_buf(), header, vocab_size, warnings, map })
     }
@@ -387,16 +384,15 @@ impl Shard {
     /// them again costs a page fault, not a disk read.
     ///
     /// Why: a read fault on a file map maps not just the page but the cached pages around it, up to the whole
-    /// large folio holding it (measured on kernel 6.18, ext4: about 1 MiB per fault), even with
-    /// [`Advice::Random`], and mapped pages stay counted in the process's resident memory. Measured on a 1 GiB shard: 8,000 random windows left 0.4-0.9 GiB mapped. Releasing only each
-    /// window's own pages keeps the rest of its folio mapped (still 0.36-0.9 GiB), hence the whole map: the
-    /// kernel skips page tables with nothing mapped, about 8 µs per GiB of shard.
+    /// large folio holding it, even with [`Advice::Random`], and mapped pages stay counted in the process's
+    /// resident memory: random windows leave most of a shard mapped. Releasing only each window's own pages
+    /// keeps the rest of its folio mapped, hence the whole map, which is cheap: the kernel skips page tables
+    /// with nothing mapped. The figures are in docs/PERFORMANCE.md ("Figures moved out of code comments").
     pub fn release_pages(&self) -> Result<()> {
         // SAFETY: `Mmap::map` maps the file read-only and shared, and the file is never modified (see `open`).
         // DONTNEED only removes page-table entries: the next read faults the same bytes back in from the page
         // cache or the file, so no slice borrowed from the map can see its contents change.
-        unsafe { self.map.unchecked_advise(UncheckedAdvice::DontNeed) }
-            .map_err(|e| DataError::io(self.path.display(), e))
+        unsafe { self.map.unchecked_advise(UncheckedAdvice::DontNeed) }.map_err(|e| Error::io(self.path.display(), e))
     }
 
     /// Copy tokens `start .. start + out.len()` into `out`. Panics if the range is outside the shard
@@ -454,7 +450,7 @@ impl ShardWriter {
     /// they fit in 16 bits, else llm.c's `u32` format (version 7).
     pub fn create(path: &Path, vocab_size: u32) -> Result<Self> {
         if vocab_size == 0 || vocab_size > i32::MAX as u32 {
-            return Err(DataError::Invalid(format!("{}: vocab size {vocab_size} cannot be stored", path.display())));
+            return Err(Error::Invalid(format!("{}: vocab size {vocab_size} cannot be stored", path.display())));
         }
         let mut file = AtomicFile::create(path)?;
         file.write_all(&[0u8; HEADER_BYTES])?;
@@ -483,7 +479,7 @@ impl ShardWriter {
     /// Append tokens; each must be below the vocab size, and a shard holds at most 2^31 - 1 tokens.
     pub fn write(&mut self, tokens: &[u32]) -> Result<()> {
         if let Some(position) = tokens.iter().position(|&t| t >= self.vocab_size) {
-            return Err(DataError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "{}: token {} is not below vocab size {}",
                 self.path.display(),
                 tokens[position],
@@ -491,7 +487,7 @@ impl ShardWriter {
             )));
         }
         if self.token_count + tokens.len() as u64 > i32::MAX as u64 {
-            return Err(DataError::Invalid(format!("{}: more than 2^31 - 1 tokens in one shard", self.path.display())));
+            return Err(Error::Invalid(format!("{}: more than 2^31 - 1 tokens in one shard", self.path.display())));
         }
         self.encoded.clear();
         for &token in tokens {

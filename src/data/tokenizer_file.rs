@@ -22,9 +22,9 @@ use std::path::Path;
 
 use super::atomic_file;
 use super::bpe::Tokenizer;
-use super::error::{DataError, Result};
 use super::fnv;
 use super::fxhash::FxHashSet;
+use crate::error::{Error, Result};
 
 const MAGIC_LINE: &str = "peerlm-bpe v1";
 
@@ -66,13 +66,13 @@ pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
 
 /// Read and validate the tokenizer file at `path`.
 pub fn load(path: &Path) -> Result<Tokenizer> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path.display(), e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
     parse(&bytes, &path.display().to_string())
 }
 
 /// Parse and validate a tokenizer file's bytes; `name` appears in errors. Never panics on any input.
 pub fn parse(bytes: &[u8], name: &str) -> Result<Tokenizer> {
-    let error = |line: usize, reason: String| DataError::BadTokenizer { path: name.to_string(), line, reason };
+    let error = |line: usize, reason: String| Error::BadTokenizer { path: name.to_string(), line, reason };
     let text = std::str::from_utf8(bytes)
         .map_err(|e| error(0, format!("not UTF-8 text (byte offset {})", e.valid_up_to())))?;
     let body = text.strip_suffix('\n').ok_or_else(|| error(0, "file does not end with a newline".into()))?;
@@ -127,7 +127,7 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Tokenizer> {
 
 /// `key value` on the given line, with value a decimal number.
 fn parse_field(line: Option<(usize, &str)>, key: &str, name: &str) -> Result<usize> {
-    let (number, line) = line.ok_or_else(|| DataError::BadTokenizer {
+    let (number, line) = line.ok_or_else(|| Error::BadTokenizer {
         path: name.to_string(),
         line: 0,
         reason: format!("file ends before the {key:?} line"),
@@ -137,7 +137,7 @@ fn parse_field(line: Option<(usize, &str)>, key: &str, name: &str) -> Result<usi
         .and_then(parse_decimal)
         .filter(|&value| value <= u32::MAX as u64)
         .map(|value| value as usize)
-        .ok_or_else(|| DataError::BadTokenizer {
+        .ok_or_else(|| Error::BadTokenizer {
             path: name.to_string(),
             line: number,
             reason: format!("expected \"{key} <number>\", found {:?}", truncate(line)),

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use super::model::MODEL_FORMAT;
 use super::model_file::{ModelFile, Verify};
-use super::{InferError, Model, OpenOptions};
+use super::{Model, OpenOptions};
 use crate::checkpoint::{Checkpoint, Dtype};
+use crate::error::Error;
 use crate::nn::Module;
 use crate::param::ParamKind;
 
@@ -21,11 +22,11 @@ const KEPT_METADATA: [&str; 4] = ["config", "tokenizer", "tokenizer_hash", "step
 
 /// Writes the model in `checkpoint` to `out` (atomically), its tables stored as `tables`; returns the
 /// bytes written.
-pub fn export(checkpoint: &Path, out: &Path, tables: Dtype) -> Result<u64, InferError> {
+pub fn export(checkpoint: &Path, out: &Path, tables: Dtype) -> Result<u64, Error> {
     // Opening checks the config, tokenizer and shapes; mapped, it costs nothing.
     let options = OpenOptions { verify: Verify::All, ..OpenOptions::default() };
     let mut model = Model::open_with(checkpoint, &options)?;
-    let in_file = |e: &dyn std::fmt::Display| InferError(format!("{}: {e}", checkpoint.display()));
+    let in_file = |e: &dyn std::fmt::Display| Error::Inference(format!("{}: {e}", checkpoint.display()));
     let file = ModelFile::open(checkpoint).map_err(|e| in_file(&e))?;
     let mut metadata: BTreeMap<String, String> = KEPT_METADATA
         .iter()
@@ -40,6 +41,6 @@ pub fn export(checkpoint: &Path, out: &Path, tables: Dtype) -> Result<u64, Infer
     let dtype_of = |name: &str| if table_names.iter().any(|t| t == name) { tables } else { Dtype::F32 };
     Checkpoint { tensors, metadata }
         .save_as(out, dtype_of)
-        .map_err(|e| InferError(format!("{}: {e}", out.display())))?;
-    std::fs::metadata(out).map(|m| m.len()).map_err(|e| InferError(format!("{}: {e}", out.display())))
+        .map_err(|e| Error::Inference(format!("{}: {e}", out.display())))?;
+    std::fs::metadata(out).map(|m| m.len()).map_err(|e| Error::Inference(format!("{}: {e}", out.display())))
 }

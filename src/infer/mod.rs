@@ -6,7 +6,7 @@
 //! let options = Options { max_new_tokens: 50, ..Options::default() };
 //! model.generate("The", &options, |_, bytes| print!("{}", String::from_utf8_lossy(bytes)))?;
 //! let nats_per_token = model.score("Some text.").loss();
-//! # Ok::<(), peerlm::infer::InferError>(())
+//! # Ok::<(), peerlm::Error>(())
 //! ```
 //!
 //! A model file is a safetensors file of weights, batch-norm statistics, config and tokenizer, written by
@@ -20,21 +20,7 @@ pub mod export;
 pub mod model;
 pub mod model_file;
 
-use std::fmt;
-
 pub use crate::eval::text::Score;
 pub use export::export;
 pub use model::{Load, Model, OpenOptions, Options};
 pub use model_file::Verify;
-
-/// What went wrong opening or running a model, naming the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InferError(pub String);
-
-impl fmt::Display for InferError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InferError {}

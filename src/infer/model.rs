@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::model_file::{ModelFile, Verify};
-use super::InferError;
 use crate::data::{fnv, tokenizer_file, Tokenizer};
+use crate::error::Error;
 use crate::eval::text::{score_documents, Protocol, Score};
 use crate::model::{memory, Gpt, ModelConfig};
 use crate::nn::Module;
@@ -64,13 +64,13 @@ pub struct Model {
 
 impl Model {
     /// Opens a model file or training checkpoint, memory-mapped, checking what [`Verify::Small`] checks.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, InferError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_with(path, &OpenOptions::default())
     }
 
-    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self, InferError> {
+    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self, Error> {
         let path = path.as_ref();
-        let in_file = |e: &dyn std::fmt::Display| InferError(format!("{}: {e}", path.display()));
+        let in_file = |e: &dyn std::fmt::Display| Error::Inference(format!("{}: {e}", path.display()));
         let file = ModelFile::open(path).map_err(|e| in_file(&e))?;
         let metadata = file.metadata();
         let config = model_config(metadata).map_err(|e| in_file(&e))?;
@@ -94,7 +94,7 @@ impl Model {
             .filter(|name| !tables.contains(name))
             .collect();
         file.verify(options.verify, |name| read_whole.iter().any(|n| n == name)).map_err(|e| in_file(&e))?;
-        let load = |name: &str| -> Result<Tensor<f32>, InferError> {
+        let load = |name: &str| -> Result<Tensor<f32>, Error> {
             let tensor = file.tensor(name).ok_or_else(|| in_file(&format_args!("no tensor {name}")))?;
             Ok(match options.load {
                 Load::Mapped => tensor,
@@ -150,16 +150,16 @@ impl Model {
         prompt: &str,
         options: &Options,
         mut on_token: impl FnMut(u32, &[u8]),
-    ) -> Result<Vec<u32>, InferError> {
+    ) -> Result<Vec<u32>, Error> {
         if !(options.temperature.is_finite() && options.temperature >= 0.0) {
-            return Err(InferError(format!(
+            return Err(Error::Inference(format!(
                 "temperature {}: must be a number >= 0 (0 picks the likeliest token)",
                 options.temperature
             )));
         }
         let prompt_ids = self.tokenizer.encode(prompt);
         if prompt_ids.is_empty() {
-            return Err(InferError("the prompt is empty".into()));
+            return Err(Error::Inference("the prompt is empty".into()));
         }
         let config = SampleConfig {
             max_new_tokens: options.max_new_tokens,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static FLOPS: AtomicU64 = AtomicU64::new(0);
 
 /// Adds `flops` to the tally.
-pub fn record(flops: usize) {
+pub(crate) fn record(flops: usize) {
     FLOPS.fetch_add(flops as u64, Ordering::Relaxed);
 }
 

@@ -32,7 +32,7 @@ use crate::kernels::parallel::prelude::*;
 
 /// Buffers from this size up are advised onto huge pages: below it, a 2 MiB page would mostly hold
 /// other allocations' memory.
-pub const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+pub(crate) const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
 /// The size of an x86-64 (and common aarch64) transparent huge page.
 const HUGE_PAGE_BYTES: usize = 2 << 20;
@@ -55,7 +55,7 @@ pub fn retain_freed_buffers() -> bool {
 
 /// A vector of `len` elements made by calling `element` in order, whose pages are advised to be huge
 /// if it takes at least [`HUGE_PAGE_MIN_BYTES`] (see the module comment).
-pub fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
+pub(crate) fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
     let mut data = uninit_vec(len);
     data.extend(std::iter::repeat_with(element).take(len));
     data
@@ -75,7 +75,7 @@ pub fn vec_from_fn<T>(len: usize, element: impl FnMut() -> T) -> Vec<T> {
 /// # Safety
 /// `fill` must write every element of each chunk it is given (with `MaybeUninit::write`): afterwards the
 /// vector's elements are read as initialised values.
-pub unsafe fn par_vec_uninit<T: Send, R: Send>(
+pub(crate) unsafe fn par_vec_uninit<T: Send, R: Send>(
     len: usize,
     chunk_len: usize,
     min_chunks_per_task: usize,
@@ -98,7 +98,7 @@ pub unsafe fn par_vec_uninit<T: Send, R: Send>(
 /// An empty vector with room for `len` elements, its pages advised to be huge if it takes at least
 /// [`HUGE_PAGE_MIN_BYTES`]: for a kernel that writes all `len` elements through raw pointers or
 /// `spare_capacity_mut` and then sets the length.
-pub fn uninit_vec<T>(len: usize) -> Vec<T> {
+pub(crate) fn uninit_vec<T>(len: usize) -> Vec<T> {
     let mut data = Vec::with_capacity(len);
     advise_huge_pages(data.spare_capacity_mut());
     data
@@ -130,7 +130,7 @@ fn advise_huge_pages<T>(buffer: &mut [T]) {
 /// over random table rows issues this a few rows ahead, so the memory latency of the next rows overlaps
 /// with the arithmetic on the current one. A no-op off x86-64.
 #[inline(always)]
-pub fn prefetch_row<T>(row: &[T]) {
+pub(crate) fn prefetch_row<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};

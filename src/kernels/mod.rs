@@ -2,21 +2,32 @@
 //!
 //! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices; `vector` holds the
 //! elementwise, reduction and softmax-row loops and the single-row helpers (dot, axpy, fixed-order partial
-//! sums) the other kernels share; `gelu` is the activation, written once for ops and kernels; `topk` selects the best entries of rows; `row_groups`
-//! groups sparse table reads by row; `peer` runs the fused PEER expert loops; `flop_count` tallies the
-//! arithmetic they all execute; `parallel` is rayon, or its sequential stand-in without feature `parallel`.
+//! sums) the other kernels share; `gelu` is the activation, written once for ops and kernels; `norm` holds
+//! the layer-norm and RMS-norm row loops; `topk` selects the best entries of rows; `row_groups` groups sparse
+//! table reads by row; `peer` runs the fused PEER expert loops (`peer_reference`: the same sums, token by
+//! token); `flop_count` tallies the arithmetic they all execute; `parallel` is rayon, or its sequential
+//! stand-in without feature `parallel`.
+//!
+//! Modules that programs built on the crate use are public (the benches time `gemm` and `vector`, the tests
+//! check `topk` and `flop_count`, the command-line tool keeps freed buffers and asks for the thread count);
+//! the rest are the crate's own.
 
-pub mod float;
 pub mod flop_count;
-pub(crate) mod gelu;
 pub mod gemm;
 pub mod memory;
 pub mod parallel;
-pub mod peer;
-pub mod peer_reference;
-pub mod row_groups;
 pub mod topk;
 pub mod vector;
+
+pub(crate) mod float;
+pub(crate) mod gelu;
+pub(crate) mod norm;
+pub(crate) mod peer;
+pub(crate) mod row_groups;
+
+// Equation 3 token by token: reading material, and what `peer`'s tests compare the fast loops against.
+#[cfg(test)]
+mod peer_reference;
 
 pub use float::{Arith, Float, Lanes, SimdVec};
 pub use gemm::{gemm, gemm_batched, product, MatRef};

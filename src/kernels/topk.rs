@@ -36,34 +36,34 @@ pub fn ranks_before<T: Float>(a: (T, u32), b: (T, u32)) -> bool {
 
 /// The `k` best `(value, index)` pairs offered so far, best first.
 #[derive(Clone, Debug)]
-pub struct TopKBuffer<T> {
+pub(crate) struct TopKBuffer<T> {
     k: usize,
     items: Vec<(T, u32)>,
 }
 
 impl<T: Float> TopKBuffer<T> {
-    pub fn new(k: usize) -> Self {
+    pub(crate) fn new(k: usize) -> Self {
         TopKBuffer { k, items: Vec::with_capacity(k + 1) }
     }
 
     /// Empties the buffer for the next row, keeping its allocation.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.items.clear();
     }
 
     /// Whether `k` pairs are held: from then on only a pair beating [`TopKBuffer::worst`] gets in.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.items.len() == self.k
     }
 
     /// The lowest-ranked pair kept, if any.
-    pub fn worst(&self) -> Option<(T, u32)> {
+    pub(crate) fn worst(&self) -> Option<(T, u32)> {
         self.items.last().copied()
     }
 
     /// Offers one pair; it is kept if it ranks among the best `k` so far.
     #[inline]
-    pub fn offer(&mut self, value: T, index: u32) {
+    pub(crate) fn offer(&mut self, value: T, index: u32) {
         let item = (value, index);
         if self.is_full() && !self.items.last().is_some_and(|&worst| ranks_before(item, worst)) {
             return; // the common case once full: one comparison and out
@@ -78,13 +78,13 @@ impl<T: Float> TopKBuffer<T> {
     }
 
     /// The kept pairs, best first.
-    pub fn items(&self) -> &[(T, u32)] {
+    pub(crate) fn items(&self) -> &[(T, u32)] {
         &self.items
     }
 }
 
 /// Writes the top `k` of `row` (values and indices within the row, best first) into `values`/`indices`.
-pub fn topk_row_into<T: Float>(row: &[T], buffer: &mut TopKBuffer<T>, values: &mut [T], indices: &mut [u32]) {
+pub(crate) fn topk_row_into<T: Float>(row: &[T], buffer: &mut TopKBuffer<T>, values: &mut [T], indices: &mut [u32]) {
     buffer.clear();
     let body_len = row.len() / T::LANES * T::LANES;
     match candidate_threshold(&row[..body_len], buffer.k) {

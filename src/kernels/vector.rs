@@ -28,16 +28,16 @@ use super::{Float, Lanes, SimdVec};
 
 /// Inputs shorter than this run on the calling thread: a rayon fork-join costs a few microseconds, about
 /// the time it takes to stream 32K floats through an elementwise op.
-pub const PARALLEL_MIN: usize = 32 * 1024;
+pub(crate) const PARALLEL_MIN: usize = 32 * 1024;
 
 /// Elements per parallel task, and per partial result of a reduction. Fixed, so neither the split nor the
 /// order in which partial sums are added depends on the thread count.
-pub const CHUNK: usize = 8 * 1024;
+pub(crate) const CHUNK: usize = 8 * 1024;
 
 /// `dst[i] = f(dst[i], srcs[0][i], .., srcs[N-1][i])`, given `f` on SIMD vectors and on scalars.
 ///
 /// The in-place form covers accumulation (`dst += g * y`) and scaling; [`zip_map`] ignores the old value.
-pub fn update<T: Float, const N: usize>(
+pub(crate) fn update<T: Float, const N: usize>(
     dst: &mut [T],
     srcs: [&[T]; N],
     simd: impl Fn(T::Simd, [T::Simd; N]) -> T::Simd + Sync,
@@ -56,7 +56,7 @@ pub fn update<T: Float, const N: usize>(
 }
 
 /// `dst[i] = f(srcs[0][i], .., srcs[N-1][i])`, given `f` on SIMD vectors and on scalars.
-pub fn zip_map<T: Float, const N: usize>(
+pub(crate) fn zip_map<T: Float, const N: usize>(
     srcs: [&[T]; N],
     dst: &mut [T],
     simd: impl Fn([T::Simd; N]) -> T::Simd + Sync,
@@ -84,7 +84,7 @@ fn for_each_chunk<T: Float, const N: usize>(dst: &mut [T], srcs: [&[T]; N], run:
 /// Folds zipped slices into one value: `acc = step(acc, srcs[..][i])` from `identity`, with SIMD lanes
 /// and chunk partials merged by `combine` (which must be the operation `step` folds with: `+` for a sum,
 /// `max` for a maximum). Threaded above [`PARALLEL_MIN`], with bit-identical results either way.
-pub fn reduce<T: Float, const N: usize>(
+pub(crate) fn reduce<T: Float, const N: usize>(
     srcs: [&[T]; N],
     identity: T,
     simd_step: impl Fn(T::Simd, [T::Simd; N]) -> T::Simd + Sync,
@@ -137,7 +137,12 @@ fn reduce_chunks<T: Float, const N: usize>(
 /// `work_per_row` element operations; when all rows together reach [`PARALLEL_MIN`], groups of rows
 /// (about [`CHUNK`] work each, a fixed number of rows) run on rayon's threads. Rows are independent, so the
 /// split cannot change any result.
-pub fn for_each_row<D: Send>(dst: &mut [D], dst_width: usize, work_per_row: usize, f: impl Fn(usize, &mut [D]) + Sync) {
+pub(crate) fn for_each_row<D: Send>(
+    dst: &mut [D],
+    dst_width: usize,
+    work_per_row: usize,
+    f: impl Fn(usize, &mut [D]) + Sync,
+) {
     if dst_width == 0 {
         return;
     }
@@ -156,7 +161,7 @@ pub fn for_each_row<D: Send>(dst: &mut [D], dst_width: usize, work_per_row: usiz
 
 /// A new vector whose row r is `values[r]` repeated `width` times: the backward of a sum over rows.
 /// Written once, without zeroing first (see [`super::memory::par_vec_uninit`]), in tasks of whole rows.
-pub fn broadcast_rows<T: Float>(values: &[T], width: usize) -> Vec<T> {
+pub(crate) fn broadcast_rows<T: Float>(values: &[T], width: usize) -> Vec<T> {
     let len = values.len() * width;
     if len == 0 {
         return Vec::new();
@@ -189,7 +194,7 @@ pub fn mul<T: Float>(a: &[T], b: &[T], dst: &mut [T]) {
 }
 
 /// `x *= c` in place.
-pub fn scale<T: Float>(x: &mut [T], c: T) {
+pub(crate) fn scale<T: Float>(x: &mut [T], c: T) {
     let cv = T::Simd::splat(c);
     update(x, [], |v, []| v * cv, |v, []| v * c);
 }
@@ -205,31 +210,33 @@ pub fn sum<T: Float>(x: &[T]) -> T {
 }
 
 /// The largest element of `x` (−∞ for an empty slice).
-pub fn max<T: Float>(x: &[T]) -> T {
+pub(crate) fn max<T: Float>(x: &[T]) -> T {
     reduce([x], T::NEG_INFINITY, |acc, [v]| acc.max(v), |acc, [v]| acc.max(v), T::max)
 }
 
 /// `Σ a[i]·b[i]` of two long vectors: threaded above [`PARALLEL_MIN`], the chunks' partials added in
 /// order. For one short row inside a loop that is already parallel, [`row_dot`].
-pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+/// Not merged with [`row_dot`]: the two add in different orders, and the softmax backward's bits (hence
+/// committed runs) depend on this one's.
+pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     reduce([a, b], T::ZERO, |acc, [p, q]| p.mul_add(q, acc), |acc, [p, q]| acc + p * q, |a, b| a + b)
 }
 
 /// The index of the first largest element: ties go to the lowest index. Panics on an empty slice.
-pub fn argmax<T: Float>(x: &[T]) -> usize {
+pub(crate) fn argmax<T: Float>(x: &[T]) -> usize {
     let top = max(x);
     x.iter().position(|&v| v == top).expect("vector::argmax of an empty slice (or one holding NaN)")
 }
 
 /// `Σ exp(x[i] − shift)`: a softmax normaliser; with `shift` = max(x) every term is at most 1, so it
 /// cannot overflow however large the logits.
-pub fn sum_exp<T: Float>(x: &[T], shift: T) -> T {
+pub(crate) fn sum_exp<T: Float>(x: &[T], shift: T) -> T {
     let sv = T::Simd::splat(shift);
     reduce([x], T::ZERO, |acc, [v]| acc + (v - sv).exp(), |acc, [v]| acc + (v - shift).exp(), |a, b| a + b)
 }
 
 /// `ln Σ exp(x[i])`, computed stably as `m + ln Σ exp(x[i] − m)` with `m = max(x)`.
-pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
+pub(crate) fn log_sum_exp<T: Float>(x: &[T]) -> T {
     let m = max(x);
     if m == T::NEG_INFINITY {
         return m;
@@ -238,7 +245,7 @@ pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
 }
 
 /// One softmax row: `y = exp(x − max x) / Σ exp(x − max x)`.
-pub fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
+pub(crate) fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
     let m = max(x);
     let mv = T::Simd::splat(m);
     zip_map([x], y, |[v]| (v - mv).exp(), |[v]| (v - m).exp());
@@ -247,7 +254,7 @@ pub fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
 }
 
 /// One log-softmax row: `y = x − log_sum_exp(x)`.
-pub fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
+pub(crate) fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
     let lse = log_sum_exp(x);
     let lv = T::Simd::splat(lse);
     zip_map([x], y, |[v]| v - lv, |[v]| v - lse);
@@ -257,7 +264,8 @@ pub fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
 // threads, no chunking, inlined into the caller's loop.
 
 /// `a · b` of two rows, with two SIMD accumulators (to hide the FMA latency) and a scalar loop for the
-/// tail. Its order of additions differs from [`dot`]'s, so each keeps the callers it has always had.
+/// tail. Not merged with [`dot`]: the two add in different orders, and the PEER experts' and PKM's bits
+/// (hence committed runs) depend on this one's.
 #[inline]
 pub(crate) fn row_dot<T: Float>(a: &[T], b: &[T]) -> T {
     debug_assert_eq!(a.len(), b.len());
@@ -277,7 +285,7 @@ pub(crate) fn row_dot<T: Float>(a: &[T], b: &[T]) -> T {
 
 /// `y += alpha · x`.
 #[inline]
-pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+pub(crate) fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     debug_assert_eq!(x.len(), y.len());
     let lanes = T::LANES;
     let body = x.len() / lanes * lanes;

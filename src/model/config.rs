@@ -12,7 +12,7 @@ use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
 use crate::nn::peer::PeerConfig;
 use crate::nn::pkm::PkmConfig;
-use crate::nn::product_key_router::Gate;
+use crate::nn::product_key_router::{Gate, ProductKeyConfig};
 
 /// Most blocks a config may ask for.
 pub const MAX_LAYERS: usize = 1 << 16;
@@ -92,14 +92,13 @@ impl Default for ModelConfig {
                 capacity_factor: 1.0,
                 aux_loss_weight: 0.01,
             },
-            pkm: PkmConfig { d_model, sub_keys: 512, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
+            pkm: PkmConfig {
+                keys: ProductKeyConfig { d_model, heads: 4, top_k: 32, key_dim: 256, query_batch_norm: true },
+                sub_keys: 512,
+            },
             peer: PeerConfig {
-                d_model,
+                keys: ProductKeyConfig { d_model, heads: 8, top_k: 16, key_dim: 256, query_batch_norm: true },
                 num_experts: 512 * 512,
-                heads: 8,
-                top_k: 16,
-                key_dim: 256,
-                query_batch_norm: true,
                 query_bn_per_head: false,
                 gate: Gate::Softmax,
                 activation: ExpertActivation::Gelu,
@@ -126,8 +125,8 @@ impl ModelConfig {
     pub fn propagate_d_model(&mut self) {
         self.dense.d_model = self.d_model;
         self.moe.d_model = self.d_model;
-        self.pkm.d_model = self.d_model;
-        self.peer.d_model = self.d_model;
+        self.pkm.keys.d_model = self.d_model;
+        self.peer.keys.d_model = self.d_model;
     }
 
     /// Checks that the config describes a model that can be built; the error names the field.

@@ -26,6 +26,7 @@ use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
 use crate::nn::peer::PeerConfig;
 use crate::nn::pkm::PkmConfig;
+use crate::nn::product_key_router::ProductKeyConfig;
 
 /// FLOPs per token of a forward pass and of its backward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -97,26 +98,26 @@ pub fn moe(config: &MoeConfig) -> TokenFlops {
 /// multiply-adds per head) and up to `k²` candidate sums per head (fewer when the pruning stops early;
 /// counted in full); backward, only the k selected pairs per head: the query halves' and both sub-keys'
 /// gradients, `2·key_dim` multiply-adds each.
-fn product_key_router(d_model: usize, heads: usize, n: usize, k: usize, key_dim: usize) -> TokenFlops {
-    let (h, n, k, kd) = (heads as f64, n as f64, k as f64, key_dim as f64);
+fn product_key_router(keys: &ProductKeyConfig, n: usize) -> TokenFlops {
+    let (h, n, k, kd) = (keys.heads as f64, n as f64, keys.top_k as f64, keys.key_dim as f64);
     let scores = TokenFlops { forward: h * (2.0 * n * kd + k * k), backward: h * k * 4.0 * kd };
-    TokenFlops::linear(d_model as f64, h * kd) + scores
+    TokenFlops::linear(keys.d_model as f64, h * kd) + scores
 }
 
 /// PKM: the router, then a weighted sum of `heads·k` value rows (backward: the value rows' gradients and
 /// the weights' dot products).
 pub fn pkm(config: &PkmConfig) -> TokenFlops {
-    let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.sub_keys, config.top_k, config.key_dim);
-    router + TokenFlops { forward: 2.0 * slots * d, backward: 4.0 * slots * d }
+    let keys = &config.keys;
+    let (d, slots) = (keys.d_model as f64, (keys.heads * keys.top_k) as f64);
+    product_key_router(keys, config.sub_keys) + TokenFlops { forward: 2.0 * slots * d, backward: 4.0 * slots * d }
 }
 
 /// PEER: the router, then `heads·k` single-neuron experts, each a dot product `u·x` and an axpy of `v`
 /// forward, and four such d-wide passes backward (`v·dout`, `dv`, `dx`, `du`; He 2024, eq. 3).
 pub fn peer(config: &PeerConfig) -> TokenFlops {
-    let (d, slots) = (config.d_model as f64, (config.heads * config.top_k) as f64);
-    let router = product_key_router(config.d_model, config.heads, config.sub_keys(), config.top_k, config.key_dim);
-    router + TokenFlops { forward: 4.0 * slots * d, backward: 8.0 * slots * d }
+    let keys = &config.keys;
+    let (d, slots) = (keys.d_model as f64, (keys.heads * keys.top_k) as f64);
+    product_key_router(keys, config.sub_keys()) + TokenFlops { forward: 4.0 * slots * d, backward: 8.0 * slots * d }
 }
 
 /// The feed-forward layer of block `block`.

@@ -69,13 +69,14 @@ fn ffw_params(config: &ModelConfig, block: usize) -> f64 {
         }
         FfwKind::Pkm => {
             let p = &config.pkm;
-            let norm_width = if p.query_batch_norm { p.heads as f64 * p.key_dim as f64 } else { 0.0 };
-            router_params(d, p.heads, p.key_dim, p.sub_keys, norm_width) + p.sub_keys as f64 * p.sub_keys as f64 * d
+            let norm_width = if p.keys.query_batch_norm { p.keys.heads as f64 * p.keys.key_dim as f64 } else { 0.0 };
+            router_params(d, p.keys.heads, p.keys.key_dim, p.sub_keys, norm_width)
+                + p.sub_keys as f64 * p.sub_keys as f64 * d
         }
         FfwKind::Peer => {
             let p = &config.peer;
-            let norm_width = if p.query_batch_norm { p.key_dim as f64 } else { 0.0 };
-            router_params(d, p.heads, p.key_dim, p.sub_keys(), norm_width) + 2.0 * p.num_experts as f64 * d
+            let norm_width = if p.keys.query_batch_norm { p.keys.key_dim as f64 } else { 0.0 };
+            router_params(d, p.keys.heads, p.keys.key_dim, p.sub_keys(), norm_width) + 2.0 * p.num_experts as f64 * d
         }
     }
 }
@@ -98,11 +99,12 @@ fn activations_per_token(config: &ModelConfig) -> f64 {
             }
             FfwKind::Pkm => {
                 let p = &config.pkm;
-                2.0 * p.heads as f64 * (p.key_dim as f64 + p.sub_keys as f64 + p.top_k as f64) + 2.0 * d
+                2.0 * p.keys.heads as f64 * (p.keys.key_dim as f64 + p.sub_keys as f64 + p.keys.top_k as f64) + 2.0 * d
             }
             FfwKind::Peer => {
                 let p = &config.peer;
-                2.0 * p.heads as f64 * (p.key_dim as f64 + p.sub_keys() as f64 + 2.0 * p.top_k as f64) + 2.0 * d
+                2.0 * p.keys.heads as f64 * (p.keys.key_dim as f64 + p.sub_keys() as f64 + 2.0 * p.keys.top_k as f64)
+                    + 2.0 * d
             }
         })
         .sum();

@@ -28,7 +28,7 @@ pub use linear::Linear;
 pub use moe::{Moe, MoeConfig, Routing};
 pub use peer::{Peer, PeerConfig};
 pub use pkm::{Pkm, PkmConfig};
-pub use product_key_router::{Gate, ProductKeyRouter};
+pub use product_key_router::{Gate, ProductKeyConfig, ProductKeyRouter};
 pub use usage::{ExpertUsage, UsageTracker};
 
 use crate::kernels::Float;

@@ -33,7 +33,7 @@
 //! [`ops::peer_experts`].
 //!
 //! Where to read on: steps 1–3 are the [`ProductKeyRouter`] (`nn/product_key_router.rs`), which PKM uses
-//! too; step 4 is [`ops::peer_experts`] (`ops/peer_experts.rs`), whose arithmetic is written token by token
+//! too, configured by the [`ProductKeyConfig`] part of [`PeerConfig`] that PKM's config shares; step 4 is [`ops::peer_experts`] (`ops/peer_experts.rs`), whose arithmetic is written token by token
 //! in `kernels/peer_reference.rs` and computed, in expert order for speed, by `kernels/peer.rs`.
 //!
 //! PEER's query batch norm pools its statistics over the heads ([`QueryNorm::SharedByHeads`]) unless
@@ -45,7 +45,7 @@
 
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
-use crate::nn::product_key_router::{Gate, ProductKeyRouter, ProductKeySpec, QueryNorm};
+use crate::nn::product_key_router::{Gate, ProductKeyConfig, ProductKeyRouter, QueryNorm};
 use crate::nn::{FfwOut, Module, UsageTracker};
 use crate::ops::{self, BatchNormStats, ExpertActivation};
 use crate::param::{Param, ParamKind};
@@ -67,23 +67,11 @@ pub struct Peer<T: Float = f32> {
 
 impl<T: Float> Peer<T> {
     pub fn new(config: &PeerConfig, name: &str, rng: &mut Rng) -> Self {
-        let d = config.d_model;
-        let spec = ProductKeySpec {
-            d_model: d,
-            heads: config.heads,
-            key_dim: config.key_dim,
-            sub_keys: config.sub_keys(),
-            top_k: config.top_k,
-            query_norm: match (config.query_batch_norm, config.query_bn_per_head) {
-                (false, _) => QueryNorm::Off,
-                (true, false) => QueryNorm::SharedByHeads,
-                (true, true) => QueryNorm::PerHead,
-            },
-            gate: config.gate,
-        };
-        let router = ProductKeyRouter::new(&spec, name, rng);
+        let (d, keys) = (config.keys.d_model, &config.keys);
+        let query_norm = if config.query_bn_per_head { QueryNorm::PerHead } else { QueryNorm::SharedByHeads };
+        let router = ProductKeyRouter::new(keys, config.sub_keys(), query_norm, config.gate, name, rng);
         let u = Tensor::randn(&[config.num_experts, d], (d as f64).powf(-0.5), rng);
-        let v = Tensor::randn(&[config.num_experts, d], ((config.heads * config.top_k) as f64).powf(-0.5), rng);
+        let v = Tensor::randn(&[config.num_experts, d], ((keys.heads * keys.top_k) as f64).powf(-0.5), rng);
         Peer {
             config: config.clone(),
             router,
@@ -137,20 +125,11 @@ impl<T: Float> Module<T> for Peer<T> {
 #[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "io", serde(deny_unknown_fields))]
 pub struct PeerConfig {
-    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
-    #[cfg_attr(feature = "io", serde(default))]
-    pub d_model: usize,
+    /// Query heads h, top k, key width and query batch norm, written inline in config files.
+    #[cfg_attr(feature = "io", serde(flatten))]
+    pub keys: ProductKeyConfig,
     /// N, the experts in the pool; a perfect square n², n sub-keys per half.
     pub num_experts: usize,
-    /// h, retrieval heads.
-    pub heads: usize,
-    /// k, experts per head (must not exceed √N).
-    pub top_k: usize,
-    /// Query width per head; even, split in two halves of key_dim/2.
-    pub key_dim: usize,
-    /// Batch-normalise the queries. Default true.
-    #[cfg_attr(feature = "io", serde(default = "crate::nn::pkm::default_true"))]
-    pub query_batch_norm: bool,
     /// With `query_batch_norm`: statistics, gain and bias for each channel of each head (h·key_dim, as PKM
     /// does) instead of key_dim channels pooled over the heads. Default false (pooled).
     #[cfg_attr(feature = "io", serde(default))]
@@ -199,11 +178,7 @@ mod activation_name {
 
 impl PeerConfig {
     pub fn validate(&self) -> Result<(), String> {
-        positive("peer.d_model", self.d_model)?;
         positive("peer.num_experts", self.num_experts)?;
-        positive("peer.heads", self.heads)?;
-        positive("peer.top_k", self.top_k)?;
-        positive("peer.key_dim", self.key_dim)?;
         if self.num_experts > u32::MAX as usize {
             return Err(format!("peer.num_experts: {} does not fit in u32 ids", self.num_experts));
         }
@@ -211,13 +186,7 @@ impl PeerConfig {
         if n * n != self.num_experts {
             return Err(format!("peer.num_experts: {} is not a perfect square", self.num_experts));
         }
-        if self.key_dim % 2 != 0 {
-            return Err(format!("peer.key_dim: {} is odd; the query is split in two halves", self.key_dim));
-        }
-        if self.top_k > n {
-            return Err(format!("peer.top_k: {} exceeds √num_experts ({n})", self.top_k));
-        }
-        Ok(())
+        self.keys.validate("peer", n, "√num_experts")
     }
 
     /// n = ⌊√N⌋, the sub-keys per half (exactly √N for a valid config).

@@ -14,63 +14,13 @@
 
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
-use crate::nn::product_key_router::{Gate, ProductKeyRouter, ProductKeySpec, QueryNorm};
+use crate::nn::product_key_router::{Gate, ProductKeyConfig, ProductKeyRouter, QueryNorm};
 use crate::nn::{FfwOut, Module, UsageTracker};
 use crate::ops::{self, BatchNormStats};
 use crate::param::{Param, ParamKind};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
-
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "io", serde(deny_unknown_fields))]
-pub struct PkmConfig {
-    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
-    #[cfg_attr(feature = "io", serde(default))]
-    pub d_model: usize,
-    /// n, the sub-keys per half; the memory has N = n² slots. Written `num_keys` in config files.
-    #[cfg_attr(feature = "io", serde(rename = "num_keys"))]
-    pub sub_keys: usize,
-    pub heads: usize,
-    /// Slots read per head (must not exceed n).
-    pub top_k: usize,
-    /// Query width per head; even, split in two halves of key_dim/2.
-    pub key_dim: usize,
-    /// Batch-normalise the queries (Lample et al. §3.2: it keeps the key usage spread). Default true.
-    #[cfg_attr(feature = "io", serde(default = "default_true"))]
-    pub query_batch_norm: bool,
-}
-
-#[cfg(feature = "io")]
-pub(crate) fn default_true() -> bool {
-    true
-}
-
-impl PkmConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        positive("pkm.d_model", self.d_model)?;
-        positive("pkm.num_keys", self.sub_keys)?;
-        positive("pkm.heads", self.heads)?;
-        positive("pkm.top_k", self.top_k)?;
-        positive("pkm.key_dim", self.key_dim)?;
-        if self.key_dim % 2 != 0 {
-            return Err(format!("pkm.key_dim: {} is odd; the query is split in two halves", self.key_dim));
-        }
-        if self.top_k > self.sub_keys {
-            return Err(format!("pkm.top_k: {} exceeds num_keys ({})", self.top_k, self.sub_keys));
-        }
-        if self.sub_keys.checked_mul(self.sub_keys).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.sub_keys));
-        }
-        Ok(())
-    }
-
-    /// N = n², the memory slots.
-    pub fn num_slots(&self) -> usize {
-        self.sub_keys * self.sub_keys
-    }
-}
 
 pub struct Pkm<T: Float = f32> {
     config: PkmConfig,
@@ -85,17 +35,8 @@ pub struct Pkm<T: Float = f32> {
 
 impl<T: Float> Pkm<T> {
     pub fn new(config: &PkmConfig, name: &str, rng: &mut Rng) -> Self {
-        let d = config.d_model;
-        let spec = ProductKeySpec {
-            d_model: d,
-            heads: config.heads,
-            key_dim: config.key_dim,
-            sub_keys: config.sub_keys,
-            top_k: config.top_k,
-            query_norm: if config.query_batch_norm { QueryNorm::PerHead } else { QueryNorm::Off },
-            gate: Gate::Softmax,
-        };
-        let router = ProductKeyRouter::new(&spec, name, rng);
+        let d = config.keys.d_model;
+        let router = ProductKeyRouter::new(&config.keys, config.sub_keys, QueryNorm::PerHead, Gate::Softmax, name, rng);
         let values = Tensor::randn(&[config.num_slots(), d], (d as f64).powf(-0.5), rng);
         Pkm {
             config: config.clone(),
@@ -140,5 +81,33 @@ impl<T: Float> Module<T> for Pkm<T> {
         let mut params = self.router.params_mut();
         params.push(&mut self.values);
         params
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "io", serde(deny_unknown_fields))]
+pub struct PkmConfig {
+    /// Query heads, top k, key width and query batch norm (per head), written inline in config files.
+    #[cfg_attr(feature = "io", serde(flatten))]
+    pub keys: ProductKeyConfig,
+    /// n, the sub-keys per half; the memory has N = n² slots. Written `num_keys` in config files.
+    #[cfg_attr(feature = "io", serde(rename = "num_keys"))]
+    pub sub_keys: usize,
+}
+
+impl PkmConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        positive("pkm.num_keys", self.sub_keys)?;
+        self.keys.validate("pkm", self.sub_keys, "num_keys")?;
+        if self.sub_keys.checked_mul(self.sub_keys).is_none_or(|n| n > u32::MAX as usize) {
+            return Err(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.sub_keys));
+        }
+        Ok(())
+    }
+
+    /// N = n², the memory slots.
+    pub fn num_slots(&self) -> usize {
+        self.sub_keys * self.sub_keys
     }
 }

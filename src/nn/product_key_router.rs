@@ -18,6 +18,7 @@
 //! variance; sub-keys uniform in ±1/√(key_dim/2) as in the PKM reference code; batch-norm gain 1, bias 0.
 
 use crate::kernels::Float;
+use crate::nn::ffw::positive;
 use crate::nn::{Linear, Module};
 use crate::ops::{self, BatchNormStats};
 use crate::param::{Param, ParamKind};
@@ -41,34 +42,62 @@ pub enum Gate {
     Sigmoid,
 }
 
-/// Whether the queries are batch-normalised, and over which channels.
+/// The product-key part of a PKM or PEER config: the query heads, how many keys each retrieves, the
+/// query width and its batch norm. Each layer's config holds one beside its own fields (the size of its
+/// table and what the ids select); config files write its fields inline, `"heads"` beside `"num_experts"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueryNorm {
-    Off,
-    /// Statistics, gain and bias for each of the h·key_dim query channels (PKM, as Lample et al.).
-    PerHead,
-    /// Statistics, gain and bias for key_dim channels, pooled over the heads (PEER).
-    SharedByHeads,
-}
-
-/// What [`ProductKeyRouter::new`] takes from a PKM or PEER config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProductKeySpec {
+#[cfg_attr(feature = "io", derive(serde::Serialize, serde::Deserialize))]
+pub struct ProductKeyConfig {
+    /// Width of the residual stream; a config file may leave it out (the model's `d_model` is used).
+    #[cfg_attr(feature = "io", serde(default))]
     pub d_model: usize,
     /// h, the query heads; they share the sub-keys.
     pub heads: usize,
+    /// k, the keys retrieved per head (at most n, the sub-keys per half).
+    pub top_k: usize,
     /// Query width per head; even, split in two halves of key_dim/2.
     pub key_dim: usize,
-    /// n, the sub-keys per half: n² keys.
-    pub sub_keys: usize,
-    /// k, the keys retrieved per head (at most n).
-    pub top_k: usize,
-    pub query_norm: QueryNorm,
-    pub gate: Gate,
+    /// Batch-normalise the queries (Lample et al. §3.2: it keeps the key usage spread). Default true.
+    #[cfg_attr(feature = "io", serde(default = "default_true"))]
+    pub query_batch_norm: bool,
+}
+
+#[cfg(feature = "io")]
+fn default_true() -> bool {
+    true
+}
+
+impl ProductKeyConfig {
+    /// Checks the fields against n = `sub_keys`; messages start with `{layer}.{field}:` and call n
+    /// `sub_keys_name`, as the layer's config file writes it.
+    pub(crate) fn validate(&self, layer: &str, sub_keys: usize, sub_keys_name: &str) -> Result<(), String> {
+        positive(&format!("{layer}.d_model"), self.d_model)?;
+        positive(&format!("{layer}.heads"), self.heads)?;
+        positive(&format!("{layer}.top_k"), self.top_k)?;
+        positive(&format!("{layer}.key_dim"), self.key_dim)?;
+        if self.key_dim % 2 != 0 {
+            return Err(format!("{layer}.key_dim: {} is odd; the query is split in two halves", self.key_dim));
+        }
+        if self.top_k > sub_keys {
+            return Err(format!("{layer}.top_k: {} exceeds {sub_keys_name} ({sub_keys})", self.top_k));
+        }
+        Ok(())
+    }
+}
+
+/// Over which channels the query batch norm (when `query_batch_norm` is on) keeps its statistics, gain and
+/// bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryNorm {
+    /// For each of the h·key_dim query channels (PKM, as Lample et al.).
+    PerHead,
+    /// For key_dim channels, pooled over the heads (PEER).
+    SharedByHeads,
 }
 
 pub struct ProductKeyRouter<T: Float = f32> {
-    spec: ProductKeySpec,
+    keys: ProductKeyConfig,
+    gate: Gate,
     /// `{name}.query`: d_model → heads·key_dim, no bias.
     pub query: Linear<T>,
     /// `{name}.query_bn.gain` / `.bias` and running statistics, unless the norm is off.
@@ -79,24 +108,32 @@ pub struct ProductKeyRouter<T: Float = f32> {
 }
 
 impl<T: Float> ProductKeyRouter<T> {
-    /// Parameters named after the layer, `name`: `{name}.query.weight`, `{name}.query_bn.gain`, ...
-    pub fn new(spec: &ProductKeySpec, name: &str, rng: &mut Rng) -> Self {
-        let (d, half) = (spec.d_model, spec.key_dim / 2);
+    /// A router over n = `sub_keys` sub-keys per half (n² keys), its query batch norm (if `keys` asks for
+    /// one) over the channels `query_norm` says, and `gate` making each head's scores its gates. Parameters
+    /// are named after the layer, `name`: `{name}.query.weight`, `{name}.query_bn.gain`, ...
+    pub fn new(
+        keys: &ProductKeyConfig,
+        sub_keys: usize,
+        query_norm: QueryNorm,
+        gate: Gate,
+        name: &str,
+        rng: &mut Rng,
+    ) -> Self {
+        let (d, half) = (keys.d_model, keys.key_dim / 2);
         let query =
-            Linear::new(&format!("{name}.query"), d, spec.heads * spec.key_dim, false, (d as f64).powf(-0.5), rng);
-        let norm_width = match spec.query_norm {
-            QueryNorm::Off => None,
-            QueryNorm::PerHead => Some(spec.heads * spec.key_dim),
-            QueryNorm::SharedByHeads => Some(spec.key_dim),
-        };
+            Linear::new(&format!("{name}.query"), d, keys.heads * keys.key_dim, false, (d as f64).powf(-0.5), rng);
+        let norm_width = keys.query_batch_norm.then_some(match query_norm {
+            QueryNorm::PerHead => keys.heads * keys.key_dim,
+            QueryNorm::SharedByHeads => keys.key_dim,
+        });
         let query_bn = norm_width.map(|width| QueryBatchNorm::new(&format!("{name}.query_bn"), width));
         let key_bound = (half as f64).powf(-0.5);
-        let mut keys = |which: &str| {
-            let table = Tensor::uniform(&[spec.sub_keys, half], -key_bound, key_bound, rng);
+        let mut sub_key_table = |which: &str| {
+            let table = Tensor::uniform(&[sub_keys, half], -key_bound, key_bound, rng);
             Param::new(format!("{name}.{which}"), ParamKind::NoDecay, table)
         };
-        let (keys1, keys2) = (keys("keys1"), keys("keys2"));
-        ProductKeyRouter { spec: *spec, query, query_bn, keys1, keys2 }
+        let (keys1, keys2) = (sub_key_table("keys1"), sub_key_table("keys2"));
+        ProductKeyRouter { keys: *keys, gate, query, query_bn, keys1, keys2 }
     }
 
     /// `x [tokens, d_model]` → the gates `[tokens, heads·k]` and the ids `[tokens·heads·k]` of the keys they
@@ -104,18 +141,18 @@ impl<T: Float> ProductKeyRouter<T> {
     /// updates the running ones) in the query batch norm; evaluation uses the running statistics, so tokens
     /// stay independent.
     pub fn forward(&mut self, tape: &mut Tape<T>, x: &Var<T>, training: bool) -> (Var<T>, Vec<u32>) {
-        let (tokens, heads, k) = (x.shape()[0], self.spec.heads, self.spec.top_k);
+        let (tokens, heads, k) = (x.shape()[0], self.keys.heads, self.keys.top_k);
         // 1. Query network, one key_dim-wide query per head, normalised.
         let mut query = self.query.forward(tape, x); // [tokens, heads·key_dim]
         if let Some(norm) = &mut self.query_bn {
             query = norm.forward(tape, &query, training);
         }
-        let query = ops::reshape(tape, &query, &[tokens * heads, self.spec.key_dim]);
+        let query = ops::reshape(tape, &query, &[tokens * heads, self.keys.key_dim]);
         // 2. Product-key retrieval of each head's top-k keys: scores and ids `[tokens·heads, k]`.
         let (keys1, keys2) = (tape.param(&self.keys1), tape.param(&self.keys2));
         let (scores, ids) = ops::product_key_topk(tape, &query, &keys1, &keys2, k);
         // 3. Gates over each head's k keys.
-        let gates = match self.spec.gate {
+        let gates = match self.gate {
             Gate::Softmax => ops::softmax(tape, &scores),
             Gate::Sigmoid => ops::sigmoid(tape, &scores),
         };

@@ -3,6 +3,11 @@
 //!
 //! The sparse retrieval ops of PEER: `gather` (embedding, PKM's weighted read), `topk`, `product_keys`
 //! (product-key top-k), `batch_norm` (of the queries) and `peer_experts` (the fused expert mixture).
+//!
+//! Ops are safe code only: the loops that write uninitialised memory or use raw pointers live in `kernels/`,
+//! each unsafe block there with its SAFETY argument.
+
+#![forbid(unsafe_code)]
 
 pub mod attention;
 pub mod batch_norm;

@@ -2,8 +2,8 @@
 //! `out[t] = Σ_j gates[t,j]·σ(u[id]·x[t])·v[id]` over the m = h·k experts `id = expert_ids[t·m + j]` a
 //! token retrieved.
 //!
-//! The arithmetic, token by token, is [`crate::kernels::peer_reference`]; the loops that run are
-//! [`crate::kernels::peer`], the same sums in expert order. This file checks shapes and ids, groups the ids by expert
+//! The arithmetic, token by token, is `kernels/peer_reference.rs`; the loops that run are
+//! `kernels/peer.rs`, the same sums in expert order. This file checks shapes and ids, groups the ids by expert
 //! once for both passes (the kernels walk the tables in that order), keeps the pre-activations between
 //! forward and backward, and wraps the expert tables' gradients as coalesced
 //! row-sparse [`RowGrad`]s (one row per distinct expert), so a table of a million experts is never

@@ -34,8 +34,8 @@
 //! as in PyTorch.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+use crate::error::Error;
 use crate::kernels::parallel::prelude::*;
 
 use super::sparse_adam::update_rows;
@@ -229,12 +229,7 @@ impl AdamW {
     /// Replaces the state with `step` and the moments among `tensors` (names starting with `optim.`;
     /// other tensors, such as the weights of the same checkpoint, are ignored). Every moment must
     /// belong to one of `params` and have its shape, and every `m` needs its `v`.
-    pub fn load_state(
-        &mut self,
-        step: u64,
-        tensors: &[(String, Tensor<f32>)],
-        params: &[&Param],
-    ) -> Result<(), OptimStateError> {
+    pub fn load_state(&mut self, step: u64, tensors: &[(String, Tensor<f32>)], params: &[&Param]) -> Result<(), Error> {
         let mut first: BTreeMap<&str, &Tensor<f32>> = BTreeMap::new();
         let mut second: BTreeMap<&str, &Tensor<f32>> = BTreeMap::new();
         for (name, tensor) in tensors.iter().filter(|(name, _)| name.starts_with("optim.")) {
@@ -243,14 +238,13 @@ impl AdamW {
             } else if let Some(rest) = name.strip_prefix(SECOND_MOMENT_PREFIX) {
                 (rest, &mut second)
             } else {
-                return Err(OptimStateError(format!("unknown optimizer tensor {name:?}")));
+                return Err(Error::OptimizerState(format!("unknown optimizer tensor {name:?}")));
             };
-            let param = params
-                .iter()
-                .find(|p| p.name == param_name)
-                .ok_or_else(|| OptimStateError(format!("tensor {name:?} belongs to no parameter of the model")))?;
+            let param = params.iter().find(|p| p.name == param_name).ok_or_else(|| {
+                Error::OptimizerState(format!("tensor {name:?} belongs to no parameter of the model"))
+            })?;
             if tensor.shape() != param.value.shape() {
-                return Err(OptimStateError(format!(
+                return Err(Error::OptimizerState(format!(
                     "tensor {name:?} has shape {:?}, parameter {param_name:?} has shape {:?}",
                     tensor.shape(),
                     param.value.shape()
@@ -261,12 +255,14 @@ impl AdamW {
         let mut state = BTreeMap::new();
         for (&name, &m) in &first {
             let v = second.remove(name).ok_or_else(|| {
-                OptimStateError(format!("{FIRST_MOMENT_PREFIX}{name} has no {SECOND_MOMENT_PREFIX}{name}"))
+                Error::OptimizerState(format!("{FIRST_MOMENT_PREFIX}{name} has no {SECOND_MOMENT_PREFIX}{name}"))
             })?;
             state.insert(name.to_string(), Moments { m: m.clone(), v: v.clone() });
         }
         if let Some(name) = second.keys().next() {
-            return Err(OptimStateError(format!("{SECOND_MOMENT_PREFIX}{name} has no {FIRST_MOMENT_PREFIX}{name}")));
+            return Err(Error::OptimizerState(format!(
+                "{SECOND_MOMENT_PREFIX}{name} has no {FIRST_MOMENT_PREFIX}{name}"
+            )));
         }
         self.state = state;
         self.step = step;
@@ -281,18 +277,6 @@ fn assert_unique_names<'a>(names: impl Iterator<Item = &'a str>) {
         panic!("AdamW: two parameters are named {:?}; moments are keyed by name", pair[0]);
     }
 }
-
-/// Optimizer state that does not fit the model it is loaded into.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OptimStateError(String);
-
-impl fmt::Display for OptimStateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "optimizer state: {}", self.0)
-    }
-}
-
-impl std::error::Error for OptimStateError {}
 
 #[cfg(test)]
 mod tests {

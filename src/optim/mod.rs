@@ -12,6 +12,6 @@ pub mod clip;
 pub mod schedule;
 pub mod sparse_adam;
 
-pub use adamw::{AdamW, AdamWConfig, OptimStateError};
+pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_factor, grad_norm};
 pub use schedule::CosineSchedule;

@@ -11,7 +11,7 @@ pub fn config(vocab: usize, seq_len: usize) -> RunConfig {
     (m.vocab_size, m.seq_len, m.d_model, m.n_layers, m.n_heads, m.ffw) = (vocab, seq_len, 32, 2, 2, FfwKind::Peer);
     m.ffw_blocks = Some(vec![1]);
     m.dense.d_ff = 64;
-    (m.peer.num_experts, m.peer.heads, m.peer.top_k, m.peer.key_dim) = (256, 2, 4, 16);
+    (m.peer.num_experts, m.peer.keys.heads, m.peer.keys.top_k, m.peer.keys.key_dim) = (256, 2, 4, 16);
     m.propagate_d_model();
     config
 }

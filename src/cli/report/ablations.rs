@@ -47,7 +47,7 @@ pub fn split(point: &Point) -> String {
 /// 0 without query batch norm, 1 pooled over heads, 2 per head.
 pub fn bn_rank(point: &Point) -> u8 {
     let peer = &point.config.model.peer;
-    match (peer.query_batch_norm, peer.query_bn_per_head) {
+    match (peer.keys.query_batch_norm, peer.query_bn_per_head) {
         (false, _) => 0,
         (true, false) => 1,
         (true, true) => 2,
