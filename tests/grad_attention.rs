@@ -1,10 +1,12 @@
-//! Gradient checks for causal multi-head attention, and checks of its masking: causality, and that
-//! attending from the last T of S positions (a KV cache) equals the last T rows of full attention.
+//! Gradient checks for causal multi-head attention (q, k, v apart, and packed side by side in one tensor),
+//! and checks of its masking: causality, and that attending from the last T of S positions (a KV cache)
+//! equals the last T rows of full attention. The op works in tiles of 32 queries, so some shapes here
+//! span several tiles; its results must not depend on the thread count.
 
 mod common;
 
 use common::{check_gradients, tensor};
-use peerlm::{ops, Tape, Tensor};
+use peerlm::{ops, Float, Param, ParamKind, Rng, Tape, Tensor, Var};
 use proptest::prelude::*;
 
 proptest! {
@@ -36,6 +38,22 @@ proptest! {
                                      seed in any::<u64>()) {
         let x = tensor(&[batch, t, heads * head_dim], -1.5, 1.5, seed);
         check_gradients(&[x], |tp, x| ops::causal_attention(tp, &x[0], &x[0], &x[0], heads))?;
+    }
+
+    #[test]
+    fn packed_self_attention_gradients(batch in 1usize..3, t in 1usize..6, heads in 1usize..3,
+                                       head_dim in 1usize..5, seed in any::<u64>()) {
+        let qkv = tensor(&[batch, t, 3 * heads * head_dim], -1.5, 1.5, seed);
+        check_gradients(&[qkv], |tp, x| ops::causal_self_attention(tp, &x[0], heads))?;
+    }
+
+    #[test]
+    fn packed_equals_split(batch in 1usize..3, t in 1usize..70, heads in 1usize..3, head_dim in 1usize..5,
+                           seed in any::<u64>()) {
+        let d = heads * head_dim;
+        let qkv = tensor(&[batch, t, 3 * d], -1.5, 1.5, seed);
+        let (packed, split) = (packed_forward_backward(&qkv, heads), split_forward_backward(&qkv, heads));
+        prop_assert_eq!(packed, split);
     }
 
     #[test]
@@ -95,4 +113,60 @@ fn one_key_returns_its_value() {
     let q = Tensor::from_vec(&[1, 1, 4], vec![9.0, 9.0, 9.0, 9.0]);
     let out = attend(&q, &q, &v, 2);
     assert_eq!(out.data(), v.data());
+}
+
+/// Across several 32-query tiles, with and without a cache of earlier positions.
+#[test]
+fn gradients_across_tiles() {
+    for (t, s) in [(37, 37), (33, 40), (65, 66)] {
+        let q = tensor(&[1, t, 2], -1.5, 1.5, 11);
+        let k = tensor(&[1, s, 2], -1.5, 1.5, 12);
+        let v = tensor(&[1, s, 2], -1.5, 1.5, 13);
+        check_gradients(&[q, k, v], |tp, x| ops::causal_attention(tp, &x[0], &x[1], &x[2], 1))
+            .unwrap_or_else(|e| panic!("t = {t}, s = {s}: {e}"));
+    }
+}
+
+/// Output and gradient of `loss = Σ w ⊙ attention(qkv)` through the packed op, bit for bit.
+fn packed_forward_backward(qkv: &Tensor<f64>, heads: usize) -> (Vec<u64>, Vec<u64>) {
+    forward_backward(qkv, |tape, x| ops::causal_self_attention(tape, x, heads))
+}
+
+/// The same through three narrowed copies and the three-input op.
+fn split_forward_backward(qkv: &Tensor<f64>, heads: usize) -> (Vec<u64>, Vec<u64>) {
+    forward_backward(qkv, |tape, x| {
+        let d = x.shape()[2] / 3;
+        let parts = ops::split(tape, x, 2, &[d, d, d]);
+        ops::causal_attention(tape, &parts[0], &parts[1], &parts[2], heads)
+    })
+}
+
+fn forward_backward<T: Float>(x: &Tensor<T>, attend: impl Fn(&mut Tape<T>, &Var<T>) -> Var<T>) -> (Vec<u64>, Vec<u64>) {
+    let param = Param::new("x", ParamKind::Weight, x.clone());
+    let mut tape = Tape::new();
+    let xv = tape.param(&param);
+    let out = attend(&mut tape, &xv);
+    let weights = tape.constant(Tensor::randn(out.shape(), 1.0, &mut Rng::new(3)));
+    let weighted = ops::mul(&mut tape, &out, &weights);
+    let loss = ops::sum(&mut tape, &weighted);
+    tape.backward(&loss);
+    let bits = |t: &Tensor<T>| t.data().iter().map(|v| v.to_f64().to_bits()).collect();
+    (bits(out.value()), bits(&tape.grad(&param).unwrap().to_dense()))
+}
+
+#[test]
+fn one_and_two_threads_give_identical_bits() {
+    let qkv = Tensor::<f32>::randn(&[3, 100, 3 * 32], 1.0, &mut Rng::new(5));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let packed = forward_backward(&qkv, |tape, x| ops::causal_self_attention(tape, x, 4));
+            let split = forward_backward(&qkv, |tape, x| {
+                let parts = ops::split(tape, x, 2, &[32, 32, 32]);
+                ops::causal_attention(tape, &parts[0], &parts[1], &parts[2], 4)
+            });
+            (packed, split)
+        })
+    };
+    assert!(run(1) == run(2), "attention differs between 1 and 2 threads");
 }

@@ -95,6 +95,17 @@ pub(crate) unsafe fn par_vec_uninit<T: Send, R: Send>(
     (data, results)
 }
 
+/// Writes `value` into every slot and returns them as initialised values: for a kernel that owns a
+/// stretch of a [`par_vec_uninit`] buffer and leaves parts of it untouched, it zeroes the stretch in cache
+/// right before filling it, rather than the whole buffer in memory beforehand.
+pub fn fill_uninit<T: Copy>(slots: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
+    for slot in slots.iter_mut() {
+        slot.write(value);
+    }
+    // SAFETY: the loop wrote every slot, and `MaybeUninit<T>` has the layout of `T`.
+    unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// An empty vector with room for `len` elements, its pages advised to be huge if it takes at least
 /// [`HUGE_PAGE_MIN_BYTES`]: for a kernel that writes all `len` elements through raw pointers or
 /// `spare_capacity_mut` and then sets the length.
@@ -179,6 +190,14 @@ mod tests {
             };
             assert_eq!(data, (0..len).collect::<Vec<_>>());
             assert_eq!(firsts, (0..len.div_ceil(chunk_len)).map(|c| c * chunk_len).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn fill_uninit_writes_every_slot() {
+        for len in [0, 1, 17, 1000] {
+            let mut slots = vec![MaybeUninit::new(f32::NAN); len];
+            assert!(fill_uninit(&mut slots, 0.5f32).iter().all(|&x| x == 0.5));
         }
     }
 

@@ -253,6 +253,14 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
     scale(y, T::ONE / total);
 }
 
+/// The backward of one softmax row: given its output `y` and the gradient `g` of the loss by `y`, writes
+/// the gradient by the row's input, `dx = y ⊙ (g − Σ g⊙y)` (the Jacobian is `diag(y) − y yᵀ`).
+pub fn softmax_backward_row<T: Float>(y: &[T], g: &[T], dx: &mut [T]) {
+    let inner = dot(g, y);
+    let iv = T::Simd::splat(inner);
+    zip_map([y, g], dx, |[y, g]| y * (g - iv), |[y, g]| y * (g - inner));
+}
+
 /// One log-softmax row: `y = x − log_sum_exp(x)`.
 pub(crate) fn log_softmax_row<T: Float>(x: &[T], y: &mut [T]) {
     let lse = log_sum_exp(x);

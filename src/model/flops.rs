@@ -15,8 +15,11 @@
 //! its backward touches only the k selected pairs per head.
 //!
 //! Attention is counted over the full context, `4·n_ctx·d` per token and layer forward (`2·n_ctx·d` for the
-//! scores and as much for mixing the values), as Chinchilla does: the kernel computes the masked half of
-//! the scores too (see `ops::attention`). Kaplan et al. (2020, Table 1) charge the same two terms.
+//! scores and as much for mixing the values), as Chinchilla does and Kaplan et al. (2020, Table 1) do:
+//! the one exception to "what a step executes", kept because the isoFLOP study's budgets are set in it.
+//! The kernel skips most of the masked half (`ops::attention`, tiles of 32 queries): at a context of 256
+//! it runs 56% of these score and mixing products, and `ops::attention::causal_attention_flops` says
+//! exactly how many.
 //!
 //! `tests/flop_count.rs` checks every figure here against the FLOPs the kernels record
 //! ([`crate::kernels::flop_count`]) in a real forward and backward.

@@ -1,9 +1,11 @@
 //! Causal multi-head self-attention (Vaswani et al. 2017, as in GPT-2), with a key/value cache.
 //!
 //! One linear map makes queries, keys and values for all heads at once (`[tokens, 3·d]`), the fused
-//! [`crate::ops::causal_attention`] op mixes them head by head, and a second linear map projects back.
-//! With rotary positions, queries and keys are turned by [`crate::ops::rotary`] before they meet, each
-//! at its absolute position (cached keys were turned when they were new).
+//! [`crate::ops::causal_self_attention`] op mixes them head by head straight from that tensor, and a
+//! second linear map projects back.
+//! With rotary positions, or with a cache, the three are split first and [`crate::ops::causal_attention`]
+//! takes them apart: queries and keys are turned by [`crate::ops::rotary`] before they meet, each at its
+//! absolute position (cached keys were turned when they were new).
 //! While sampling, [`KvCache`] keeps the keys and values of the tokens already seen, so each new token
 //! costs one row of queries against the cache: O(context), not a recomputation of the whole prefix.
 
@@ -59,8 +61,14 @@ impl<T: Float> Attention<T> {
 
     /// Self-attention over `x` of shape `[batch, seq, d]`, each position seeing itself and the past.
     pub fn forward(&self, tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
-        let (q, k, v) = self.project_qkv(tape, x, 0);
-        let mixed = ops::causal_attention(tape, &q, &k, &v, self.n_heads);
+        let mixed = if self.rotary {
+            let (q, k, v) = self.project_qkv(tape, x, 0);
+            ops::causal_attention(tape, &q, &k, &v, self.n_heads)
+        } else {
+            // Queries, keys and values stay side by side in the projection's output: no split, no copies.
+            let qkv = self.qkv.forward(tape, x);
+            ops::causal_self_attention(tape, &qkv, self.n_heads)
+        };
         self.proj.forward(tape, &mixed)
     }
 

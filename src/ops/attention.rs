@@ -3,29 +3,44 @@
 //! q is `[B, T, D]`, k and v are `[B, S, D]` with `S ≥ T`; head h uses columns `h·Dh..(h+1)·Dh`. Query i
 //! sits at absolute position `S − T + i` and sees keys `0..=S − T + i`, so `S == T` is ordinary causal
 //! self-attention and `S > T` lets the last T positions attend to a cache of earlier keys and values.
+//! [`causal_self_attention`] takes q, k and v side by side in one `[B, T, 3D]` tensor, the output of one
+//! linear map, and returns one `[B, T, 3D]` gradient: no split into three copies, no three zero-padded
+//! gradients added back together.
 //!
-//! Per (batch, head): `P = softmax(mask(Q·Kᵀ/√Dh))`, `out = P·V`. Forward keeps P (B·H·T·S values) for
-//! backward, which is, with `dP = dOut·Vᵀ`:
-//! `dV = Pᵀ·dOut`, `dScores = P ⊙ (dP − rowsum(P ⊙ dP))` (the softmax backward), `dQ = dScores·K/√Dh`,
-//! `dK = dScoresᵀ·Q/√Dh`. Masked entries have P = 0 and therefore receive no gradient.
+//! Per (batch, head), with `Q' = Q/√Dh`: `P = softmax(mask(Q'·Kᵀ))`, `out = P·V`. Forward keeps P for
+//! backward, which is, with `dP = dOut·Vᵀ`: `dV = Pᵀ·dOut`, `dScores = P ⊙ (dP − rowsum(P ⊙ dP))` (the
+//! softmax backward of `kernels::vector`), `dQ = dScores·K/√Dh`, `dK = dScoresᵀ·Q'`. Masked entries have
+//! P = 0 and therefore receive no gradient.
 //!
-//! Each head's Q, K, V columns are first copied into contiguous `[T, Dh]` / `[S, Dh]` blocks (O(T·D) work
-//! against O(T·S·D) for the products) so that every product above is one [`gemm`] call: at Dh = 32..64 the
-//! GEMM's packed micro-kernel is several times faster than dot-product loops. The products compute the
-//! masked upper triangle too and then zero it, wasting at most half the multiply work in exchange for
-//! that speed. The (batch, head) pairs run in parallel with rayon; each pair's arithmetic is sequential and
-//! its results are scattered back in a fixed order, so the result does not depend on the thread count.
+//! The queries go in tiles of [`QUERY_TILE`] rows. A tile's scores are `[rows, n]` with n the keys its last
+//! query sees, so every product skips the key blocks above the diagonal, and P is stored tile by tile in
+//! that ragged shape: never the masked `[T, S]` upper half. Each head's Q, K, V columns are first copied
+//! into contiguous `[T, Dh]` / `[S, Dh]` blocks (O(T·D) work against O(T·S·D) for the products) so that
+//! every product is one [`gemm`] call: at Dh = 32..64 the GEMM's packed micro-kernel is several times
+//! faster than dot-product loops. The (batch, head) pairs run in parallel with rayon; each pair's
+//! arithmetic is sequential and its results are joined in a fixed order, so the result does not depend
+//! on the thread count.
 
-use crate::kernels::parallel::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::grad::Grad;
-use crate::kernels::{gemm, Float, MatRef};
+use crate::kernels::memory::{fill_uninit, par_vec_uninit};
+use crate::kernels::parallel::prelude::*;
+use crate::kernels::vector::{scale, softmax_backward_row, softmax_row};
+use crate::kernels::{gemm, product, Float, MatRef};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
+/// Query rows per tile. Smaller tiles skip more of the masked half (at T = S = 256, 32-row tiles compute
+/// 56% of the full score matrix, 64-row tiles 62.5%) but make more, smaller products.
+const QUERY_TILE: usize = 32;
+
 struct CausalAttention<T> {
     n_heads: usize,
-    /// Attention probabilities, `[B, H, T, S]`, zero where masked.
+    /// One `[B, T, 3D]` input (q, k, v side by side) instead of three.
+    packed: bool,
+    /// Attention probabilities, per (batch, head) the tiles of [`Tiles`] one after another, zero where
+    /// masked inside a tile.
     probs: Vec<T>,
 }
 
@@ -63,126 +78,254 @@ impl Dims {
         );
         Dims { batch: q.dim(0), t: q.dim(1), s: k.dim(1), d: q.dim(2), heads }
     }
+
+    fn of_packed<T: Float>(qkv: &Tensor<T>, heads: usize) -> Dims {
+        let ok = qkv.rank() == 3 && heads > 0 && qkv.dim(2) % (3 * heads) == 0;
+        assert!(ok, "causal_self_attention: want [B, T, 3D] with D divisible by {heads} heads; got {:?}", qkv.shape());
+        Dims { batch: qkv.dim(0), t: qkv.dim(1), s: qkv.dim(1), d: qkv.dim(2) / 3, heads }
+    }
 }
 
-/// Copies head `h` of batch entry `b` of a `[B, rows, D]` tensor into a contiguous `[rows, Dh]` block.
-fn gather_head<T: Float>(x: &[T], dims: Dims, rows: usize, b: usize, h: usize) -> Vec<T> {
+/// One tile of queries: rows `rows` of T, which see keys `0..keys`; its probabilities start at `offset`
+/// in its head's stretch of `probs`.
+struct Tile {
+    rows: std::ops::Range<usize>,
+    keys: usize,
+    offset: usize,
+}
+
+/// The query tiles of one head, and the length of the head's probabilities.
+struct Tiles {
+    tiles: Vec<Tile>,
+    len: usize,
+}
+
+impl Tiles {
+    fn of(dims: Dims) -> Tiles {
+        let mut len = 0;
+        let tiles = (0..dims.t)
+            .step_by(QUERY_TILE)
+            .map(|start| {
+                let rows = start..(start + QUERY_TILE).min(dims.t);
+                let keys = dims.s - dims.t + rows.end;
+                let tile = Tile { offset: len, keys, rows };
+                len += tile.rows.len() * keys;
+                tile
+            })
+            .collect();
+        Tiles { tiles, len }
+    }
+}
+
+/// Where q, k or v lives: columns `offset..offset + D` of rows `stride` apart, `rows` rows per batch entry.
+#[derive(Clone, Copy)]
+struct Source<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    stride: usize,
+    offset: usize,
+}
+
+impl<'a, T: Float> Source<'a, T> {
+    /// A plain `[B, rows, D]` tensor.
+    fn whole(x: &'a Tensor<T>) -> Self {
+        Source { data: x.data(), rows: x.dim(1), stride: x.dim(2), offset: 0 }
+    }
+
+    /// Part `part` (0 = q, 1 = k, 2 = v) of a `[B, T, 3D]` tensor.
+    fn part(qkv: &'a Tensor<T>, part: usize) -> Self {
+        let d = qkv.dim(2) / 3;
+        Source { data: qkv.data(), rows: qkv.dim(1), stride: 3 * d, offset: part * d }
+    }
+
+    /// Head `h` of batch entry `b` as a contiguous `[rows, Dh]` block.
+    fn head(&self, b: usize, h: usize, dh: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.rows * dh);
+        for r in 0..self.rows {
+            let start = (b * self.rows + r) * self.stride + self.offset + h * dh;
+            out.extend_from_slice(&self.data[start..start + dh]);
+        }
+        out
+    }
+}
+
+/// Joins per-(batch, head) `[rows, Dh]` blocks into `[B, rows, P·D]`: row r of batch entry b is, for each
+/// part p in order, the heads' rows r side by side (`parts[p][b·H + h]` is a block).
+fn join_heads<T: Float>(parts: &[Vec<&[T]>], dims: Dims, rows: usize) -> Vec<T> {
     let dh = dims.head_dim();
-    let mut out = Vec::with_capacity(rows * dh);
-    for r in 0..rows {
-        let start = (b * rows + r) * dims.d + h * dh;
-        out.extend_from_slice(&x[start..start + dh]);
+    let mut out = Vec::with_capacity(dims.batch * rows * parts.len() * dims.d);
+    for b in 0..dims.batch {
+        for r in 0..rows {
+            for blocks in parts {
+                for block in &blocks[b * dims.heads..(b + 1) * dims.heads] {
+                    out.extend_from_slice(&block[r * dh..(r + 1) * dh]);
+                }
+            }
+        }
     }
     out
 }
 
-/// Writes a `[rows, Dh]` head block back into columns of head `h`, batch entry `b`, of a `[B, rows, D]` buffer.
-fn scatter_head<T: Float>(dst: &mut [T], block: &[T], dims: Dims, rows: usize, b: usize, h: usize) {
+/// One head's forward into its (uninitialised) stretch of probabilities; returns its output `[T, Dh]`.
+fn head_forward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    tiles: &Tiles,
+    dims: Dims,
+    slots: &mut [MaybeUninit<T>],
+) -> Vec<T> {
+    let Dims { t, s, .. } = dims;
     let dh = dims.head_dim();
-    for (r, src) in block.chunks(dh).enumerate() {
-        let start = (b * rows + r) * dims.d + h * dh;
-        dst[start..start + dh].copy_from_slice(src);
+    // The stretch is written whole here, in cache, right before the tiles fill it: masked entries stay 0.
+    let probs = fill_uninit(slots, T::ZERO);
+    let mut scores = Vec::with_capacity(QUERY_TILE * s);
+    let mut out = Vec::with_capacity(t * dh);
+    for Tile { rows, keys, offset } in &tiles.tiles {
+        let (m, n) = (rows.len(), *keys);
+        // scores [m, n] = Q'[rows] · K[..n]ᵀ
+        scores.resize(m * n, T::ZERO);
+        gemm(
+            MatRef::new(&q[rows.start * dh..rows.end * dh], m, dh),
+            MatRef::new(&k[..n * dh], n, dh).t(),
+            &mut scores,
+            false,
+        );
+        let p = &mut probs[*offset..offset + m * n];
+        for (i, (score_row, p_row)) in scores.chunks(n).zip(p.chunks_mut(n)).enumerate() {
+            let visible = s - t + rows.start + i + 1; // keys 0..=S−T+i
+            softmax_row(&score_row[..visible], &mut p_row[..visible]);
+        }
+        // out[rows] [m, Dh] = P [m, n] · V[..n] [n, Dh]
+        out.extend(product(MatRef::new(p, m, n), MatRef::new(&v[..n * dh], n, dh)));
     }
+    out
 }
 
-/// Turns one head's raw scores `[T, S]` into causal softmax probabilities in place.
-fn causal_softmax<T: Float>(scores: &mut [T], dims: Dims, scale: T) {
-    for (i, row) in scores.chunks_mut(dims.s).enumerate() {
-        let visible = dims.s - dims.t + i + 1; // keys 0..=S−T+i
-        let (seen, masked) = row.split_at_mut(visible);
-        let max = seen.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x * scale));
-        let mut total = T::ZERO;
-        for x in seen.iter_mut() {
-            *x = (*x * scale - max).exp();
-            total += *x;
+/// In the forward pass this head made `out = P·V` from `P = softmax(mask(Q'·Kᵀ))`, so now, given dOut
+/// `[T, Dh]`, it returns `[dQ [T, Dh], dK [S, Dh], dV [S, Dh]]`.
+#[allow(clippy::too_many_arguments)]
+fn head_backward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dout: &[T],
+    probs: &[T],
+    tiles: &Tiles,
+    dims: Dims,
+    inv_sqrt_dh: T,
+) -> [Vec<T>; 3] {
+    let Dims { t, s, .. } = dims;
+    let dh = dims.head_dim();
+    let (mut dq, mut dk, mut dv) = (Vec::with_capacity(t * dh), vec![T::ZERO; s * dh], vec![T::ZERO; s * dh]);
+    let (mut dp, mut dscores) = (Vec::with_capacity(QUERY_TILE * s), Vec::with_capacity(QUERY_TILE * s));
+    for Tile { rows, keys, offset } in &tiles.tiles {
+        let (m, n) = (rows.len(), *keys);
+        let p = MatRef::new(&probs[*offset..offset + m * n], m, n);
+        let dout_tile = MatRef::new(&dout[rows.start * dh..rows.end * dh], m, dh);
+        // dV[..n] += Pᵀ·dOut[rows]
+        gemm(p.t(), dout_tile, &mut dv[..n * dh], true);
+        // dP [m, n] = dOut[rows] · V[..n]ᵀ
+        dp.resize(m * n, T::ZERO);
+        gemm(dout_tile, MatRef::new(&v[..n * dh], n, dh).t(), &mut dp, false);
+        // dScores = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0 and come out 0.
+        dscores.resize(m * n, T::ZERO);
+        for ((p_row, dp_row), ds_row) in
+            probs[*offset..offset + m * n].chunks(n).zip(dp.chunks(n)).zip(dscores.chunks_mut(n))
+        {
+            softmax_backward_row(p_row, dp_row, ds_row);
         }
-        seen.iter_mut().for_each(|x| *x /= total);
-        masked.iter_mut().for_each(|x| *x = T::ZERO);
+        let ds = MatRef::new(&dscores, m, n);
+        // dQ[rows] [m, Dh] = dScores · K[..n] / √Dh
+        let mut dq_tile = product(ds, MatRef::new(&k[..n * dh], n, dh));
+        scale(&mut dq_tile, inv_sqrt_dh);
+        dq.extend(dq_tile);
+        // dK[..n] += dScoresᵀ · Q'[rows]
+        gemm(ds.t(), MatRef::new(&q[rows.start * dh..rows.end * dh], m, dh), &mut dk[..n * dh], true);
+    }
+    [dq, dk, dv]
+}
+
+impl<T: Float> CausalAttention<T> {
+    fn dims(&self, x: &[&Tensor<T>]) -> Dims {
+        if self.packed {
+            Dims::of_packed(x[0], self.n_heads)
+        } else {
+            Dims::of(x[0], x[1], x[2], self.n_heads)
+        }
+    }
+
+    /// Where q, k and v live among the inputs.
+    fn sources<'a>(&self, x: &[&'a Tensor<T>]) -> [Source<'a, T>; 3] {
+        if self.packed {
+            [0, 1, 2].map(|part| Source::part(x[0], part))
+        } else {
+            [0, 1, 2].map(|i| Source::whole(x[i]))
+        }
+    }
+
+    /// Head `h` of batch entry `b`: Q' (already divided by √Dh), K and V as contiguous blocks.
+    fn head_inputs(sources: &[Source<T>; 3], b: usize, h: usize, dims: Dims) -> [Vec<T>; 3] {
+        let dh = dims.head_dim();
+        let [mut q, k, v] = sources.map(|src| src.head(b, h, dh));
+        scale(&mut q, T::ONE / T::from_usize(dh).sqrt());
+        [q, k, v]
     }
 }
 
 impl<T: Float> Op<T> for CausalAttention<T> {
     fn name(&self) -> &'static str {
-        "causal_attention"
+        if self.packed {
+            "causal_self_attention"
+        } else {
+            "causal_attention"
+        }
     }
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let dims = Dims::of(x[0], x[1], x[2], self.n_heads);
-        let Dims { t, s, heads, .. } = dims;
-        let dh = dims.head_dim();
-        let scale = T::ONE / T::from_usize(dh).sqrt();
-        let (q, k, v) = (x[0].data(), x[1].data(), x[2].data());
-        let mut probs = vec![T::ZERO; dims.batch * heads * t * s];
+        let dims = self.dims(x);
+        let Dims { batch, t, heads, d, .. } = dims;
+        let tiles = Tiles::of(dims);
+        let sources = self.sources(x);
         // One task per (batch, head): probabilities written in place, the head's output returned.
-        let head_outputs: Vec<Vec<T>> = probs
-            .par_chunks_mut((t * s).max(1))
-            .enumerate()
-            .map(|(bh, p)| {
-                let (b, h) = (bh / heads, bh % heads);
-                let (qh, kh, vh) =
-                    (gather_head(q, dims, t, b, h), gather_head(k, dims, s, b, h), gather_head(v, dims, s, b, h));
-                gemm(MatRef::new(&qh, t, dh), MatRef::new(&kh, s, dh).t(), p, false);
-                causal_softmax(p, dims, scale);
-                let mut out = vec![T::ZERO; t * dh];
-                gemm(MatRef::new(p, t, s), MatRef::new(&vh, s, dh), &mut out, false);
-                out
+        // SAFETY: `head_forward` writes every slot of its stretch (`fill_uninit` before anything else).
+        let (probs, head_outputs) = unsafe {
+            par_vec_uninit(batch * heads * tiles.len, tiles.len, 1, |bh, slots| {
+                let [q, k, v] = Self::head_inputs(&sources, bh / heads, bh % heads, dims);
+                head_forward(&q, &k, &v, &tiles, dims, slots)
             })
-            .collect();
-        let mut out = vec![T::ZERO; x[0].numel()];
-        for (bh, block) in head_outputs.iter().enumerate() {
-            scatter_head(&mut out, block, dims, t, bh / heads, bh % heads);
-        }
+        };
         self.probs = probs;
-        Tensor::from_vec(x[0].shape(), out)
+        let blocks = head_outputs.iter().map(Vec::as_slice).collect();
+        Tensor::from_vec(&[batch, t, d], join_heads(&[blocks], dims, t))
     }
 
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let dims = Dims::of(x[0], x[1], x[2], self.n_heads);
-        let Dims { t, s, heads, .. } = dims;
+        let dims = self.dims(x);
+        let Dims { batch, t, s, heads, .. } = dims;
         let dh = dims.head_dim();
-        let scale = T::ONE / T::from_usize(dh).sqrt();
-        let (q, k, v) = (x[0].data(), x[1].data(), x[2].data());
-        let head_grads: Vec<[Vec<T>; 3]> = (0..dims.batch * heads)
+        let tiles = Tiles::of(dims);
+        let sources = self.sources(x);
+        let dout = Source::whole(g);
+        let inv_sqrt_dh = T::ONE / T::from_usize(dh).sqrt();
+        let head_grads: Vec<[Vec<T>; 3]> = (0..batch * heads)
             .into_par_iter()
             .map(|bh| {
                 let (b, h) = (bh / heads, bh % heads);
-                let p = &self.probs[bh * t * s..(bh + 1) * t * s];
-                let (qh, kh, vh) =
-                    (gather_head(q, dims, t, b, h), gather_head(k, dims, s, b, h), gather_head(v, dims, s, b, h));
-                let dout = gather_head(g.data(), dims, t, b, h);
-                let (pm, dout_m) = (MatRef::new(p, t, s), MatRef::new(&dout, t, dh));
-                let mut dv = vec![T::ZERO; s * dh];
-                gemm(pm.t(), dout_m, &mut dv, false); // dV = Pᵀ·dOut
-                let mut dscores = vec![T::ZERO; t * s];
-                gemm(dout_m, MatRef::new(&vh, s, dh).t(), &mut dscores, false); // dP = dOut·Vᵀ
-                softmax_backward(&mut dscores, p, s, scale);
-                let ds = MatRef::new(&dscores, t, s);
-                let mut dq = vec![T::ZERO; t * dh];
-                gemm(ds, MatRef::new(&kh, s, dh), &mut dq, false); // dQ = dScores·K (scale folded in)
-                let mut dk = vec![T::ZERO; s * dh];
-                gemm(ds.t(), MatRef::new(&qh, t, dh), &mut dk, false); // dK = dScoresᵀ·Q
-                [dq, dk, dv]
+                let [q, k, v] = Self::head_inputs(&sources, b, h, dims);
+                let probs = &self.probs[bh * tiles.len..(bh + 1) * tiles.len];
+                head_backward(&q, &k, &v, &dout.head(b, h, dh), probs, &tiles, dims, inv_sqrt_dh)
             })
             .collect();
-        let mut grads = [vec![T::ZERO; q.len()], vec![T::ZERO; k.len()], vec![T::ZERO; v.len()]];
-        for (bh, blocks) in head_grads.iter().enumerate() {
-            let (b, h) = (bh / heads, bh % heads);
-            for (i, (dst, block)) in grads.iter_mut().zip(blocks).enumerate() {
-                scatter_head(dst, block, dims, if i == 0 { t } else { s }, b, h);
-            }
+        let part = |i: usize| -> Vec<&[T]> { head_grads.iter().map(|g| g[i].as_slice()).collect() };
+        if self.packed {
+            let dqkv = join_heads(&[part(0), part(1), part(2)], dims, t);
+            return vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dqkv)))];
         }
-        grads.into_iter().zip(x).map(|(gr, xi)| Some(Grad::Dense(Tensor::from_vec(xi.shape(), gr)))).collect()
-    }
-}
-
-/// Replaces `dp` (dLoss/dP for one head, `[T, S]`) with dLoss/dScores of the raw (unscaled) scores:
-/// `scale · P ⊙ (dP − rowsum(P ⊙ dP))`.
-fn softmax_backward<T: Float>(dp: &mut [T], p: &[T], s: usize, scale: T) {
-    for (dp_row, p_row) in dp.chunks_mut(s).zip(p.chunks(s)) {
-        let dot: T = dp_row.iter().zip(p_row).map(|(&a, &b)| a * b).sum();
-        for (d, &pr) in dp_row.iter_mut().zip(p_row) {
-            *d = scale * pr * (*d - dot);
-        }
+        [(0, t), (1, s), (2, s)]
+            .into_iter()
+            .map(|(i, rows)| Some(Grad::Dense(Tensor::from_vec(x[i].shape(), join_heads(&[part(i)], dims, rows)))))
+            .collect()
     }
 }
 
@@ -190,5 +333,21 @@ fn softmax_backward<T: Float>(dp: &mut [T], p: &[T], s: usize, scale: T) {
 /// `D / n_heads` columns each; query i is at absolute position `S − T + i` and sees keys up to it.
 /// Returns `[B, T, D]`, the heads' outputs side by side (no output projection).
 pub fn causal_attention<T: Float>(tape: &mut Tape<T>, q: &Var<T>, k: &Var<T>, v: &Var<T>, n_heads: usize) -> Var<T> {
-    tape.apply(CausalAttention { n_heads, probs: Vec::new() }, &[q, k, v])
+    tape.apply(CausalAttention { n_heads, packed: false, probs: Vec::new() }, &[q, k, v])
+}
+
+/// Causal self-attention of `qkv` `[B, T, 3D]`, queries, keys and values side by side (columns `0..D`,
+/// `D..2D`, `2D..3D`), as [`causal_attention`] of the three parts, without splitting them: its gradient
+/// is one `[B, T, 3D]` tensor. Returns `[B, T, D]`.
+pub fn causal_self_attention<T: Float>(tape: &mut Tape<T>, qkv: &Var<T>, n_heads: usize) -> Var<T> {
+    tape.apply(CausalAttention { n_heads, packed: true, probs: Vec::new() }, &[qkv])
+}
+
+/// FLOPs of the products one call runs, for q `[B, T, D]` over `S` keys and values, as (forward,
+/// backward): each tile's `[rows, keys]` scores cost `2·rows·keys·D` per product, two products forward
+/// (scores, mixing) and four backward (dV, dP, dQ, dK). The model's FLOP count charges the full `T·S`
+/// instead (`model::flops`), the convention of the isoFLOP study.
+pub fn causal_attention_flops(batch: usize, t: usize, s: usize, d: usize) -> (usize, usize) {
+    let tiles = Tiles::of(Dims { batch, t, s, d, heads: 1 });
+    (batch * 4 * tiles.len * d, batch * 8 * tiles.len * d)
 }

@@ -85,10 +85,21 @@ impl<T: Float> Op<T> for Binary {
         Tensor::from_vec(x[0].shape(), out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (a, b, g) = (x[0].data(), x[1].data(), g.data());
+    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, grad: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
+        let (a, b, g) = (x[0].data(), x[1].data(), grad.data());
         let (kind, width) = (self.kind, b.len().max(1));
+        // In the forward pass this was out = a ± b, so now da = g: the gradient's own buffer, shared, not
+        // copied (a later in-place accumulation copies it only if it is still shared then). Likewise
+        // db = g for an add of equal shapes (a residual connection).
+        let shares = |input: usize| match kind {
+            Kind::Add => x[input].shape() == grad.shape(),
+            Kind::Sub => input == 0,
+            Kind::Mul | Kind::Div => false,
+        };
         let grad_a = needs[0].then(|| {
+            if shares(0) {
+                return Grad::Dense(grad.clone());
+            }
             let mut ga = vec![T::ZERO; a.len()];
             for_each_row(&mut ga, width, width, |row, d| {
                 let (a_row, g_row) = (&a[row * width..][..width], &g[row * width..][..width]);
@@ -97,6 +108,9 @@ impl<T: Float> Op<T> for Binary {
             Grad::Dense(Tensor::from_vec(x[0].shape(), ga))
         });
         let grad_b = needs[1].then(|| {
+            if shares(1) {
+                return Grad::Dense(grad.clone());
+            }
             // Rows are added in order, so the sum over repeats does not depend on the thread count.
             let mut gb = vec![T::ZERO; b.len()];
             for (a_row, g_row) in a.chunks(width).zip(g.chunks(width)) {

@@ -8,7 +8,8 @@
 //! backward rebuilds `softmax(x) = exp(x − lse)` on the fly while writing the gradient.
 
 use crate::grad::Grad;
-use crate::kernels::vector::{for_each_row, log_sum_exp, zip_map};
+use crate::kernels::memory::{fill_uninit, par_vec_uninit};
+use crate::kernels::vector::{for_each_row, log_sum_exp, zip_map, CHUNK, PARALLEL_MIN};
 use crate::kernels::{Float, Lanes};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -66,13 +67,18 @@ impl<T: Float> Op<T> for CrossEntropy<T> {
     }
 
     fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        // In the forward pass this was loss = mean over counted rows of lse(x) − x[t], so now
+        // dx = (softmax(x) − onehot(t)) · g / count for a counted row, 0 for an ignored one.
         let (logits, vocab) = (x[0].data(), x[0].last_dim());
-        let mut dx = vec![T::ZERO; logits.len()];
-        if self.count > 0 {
-            let scale = g.item() / T::from_usize(self.count);
-            let sv = T::Simd::splat(scale);
-            for_each_row(&mut dx, vocab, vocab, |row, d| {
-                if !self.counts(row) {
+        let scale = if self.count == 0 { T::ZERO } else { g.item() / T::from_usize(self.count) };
+        let sv = T::Simd::splat(scale);
+        // Every row is written whole once: the [N, V] gradient is never zeroed first.
+        let min_rows_per_task = if logits.len() < PARALLEL_MIN { usize::MAX } else { CHUNK.div_ceil(vocab) };
+        // SAFETY: each call writes every slot of its row (`fill_uninit` first).
+        let (dx, _) = unsafe {
+            par_vec_uninit(logits.len(), vocab, min_rows_per_task, |row, slots| {
+                let d = fill_uninit(slots, T::ZERO);
+                if self.count == 0 || !self.counts(row) {
                     return; // ignored rows keep a zero gradient
                 }
                 let lse = self.log_sum_exp[row];
@@ -80,8 +86,8 @@ impl<T: Float> Op<T> for CrossEntropy<T> {
                 let row_logits = &logits[row * vocab..][..vocab];
                 zip_map([row_logits], d, |[v]| (v - lv).exp() * sv, |[v]| (v - lse).exp() * scale);
                 d[self.targets[row] as usize] -= scale;
-            });
-        }
+            })
+        };
         vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
     }
 }

@@ -115,8 +115,12 @@ impl<T: Float> Op<T> for BatchedMatMul {
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
         let BmmDims { batch, m, n } = self.dims(x[0], x[1]);
-        let mut out = vec![T::ZERO; batch * m * n];
         let (am, bm) = (Self::operand(x[0], self.trans_a), Self::operand(x[1], self.trans_b));
+        if batch == 1 {
+            // One product (the tied output head's logits): written once, as `matmul` writes its output.
+            return Tensor::from_vec(&[batch, m, n], product(am, bm));
+        }
+        let mut out = vec![T::ZERO; batch * m * n];
         gemm_batched(batch, am, bm, &mut out, false);
         Tensor::from_vec(&[batch, m, n], out)
     }

@@ -28,7 +28,7 @@ pub mod topk;
 pub mod unary;
 
 pub use crate::kernels::ExpertActivation;
-pub use attention::causal_attention;
+pub use attention::{causal_attention, causal_self_attention};
 pub use batch_norm::{batch_norm, BatchNormStats};
 pub use binary::{add, div, mul, sub};
 pub use cross_entropy::cross_entropy;

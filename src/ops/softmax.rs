@@ -5,10 +5,11 @@
 //! - softmax `y = eˣ / Σeˣ` has Jacobian `diag(y) − y yᵀ`, so `dx = y ⊙ (g − Σ g⊙y)`;
 //! - log-softmax `y = x − ln Σeˣ` has Jacobian `I − 1 softmax(x)ᵀ`, so `dx = g − eʸ Σ g`.
 //!
-//! The row loops are `kernels::vector`'s; rows run on threads when the tensor is large.
+//! The row loops are `kernels::vector`'s (causal attention uses the same two for its probabilities); rows
+//! run on threads when the tensor is large.
 
 use crate::grad::Grad;
-use crate::kernels::vector::{dot, for_each_row, log_softmax_row, softmax_row, sum, zip_map};
+use crate::kernels::vector::{for_each_row, log_softmax_row, softmax_backward_row, softmax_row, sum, zip_map};
 use crate::kernels::{Float, Lanes};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -45,9 +46,7 @@ impl<T: Float> Op<T> for Softmax {
                 let tv = T::Simd::splat(total);
                 zip_map([y, g], d, |[y, g]| g - y.exp() * tv, |[y, g]| g - y.exp() * total);
             } else {
-                let inner = dot(g, y);
-                let iv = T::Simd::splat(inner);
-                zip_map([y, g], d, |[y, g]| y * (g - iv), |[y, g]| y * (g - inner));
+                softmax_backward_row(y, g, d);
             }
         });
         vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
