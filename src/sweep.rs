@@ -524,14 +524,38 @@ fn score_set(
     (score, usage)
 }
 
-/// The CPU model and the number of threads, e.g. "AMD EPYC 7B13, 2 threads".
+/// The CPU model, its family and model numbers (two CPUs of one marketing name can differ, as Zen 3 and
+/// Zen 4 EPYCs do), the vector width this binary was compiled for (it changes the rounding of every sum)
+/// and the number of threads, e.g. "AMD EPYC (family 25, model 17), AVX-512 build, 2 threads".
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split(':').nth(1)))
-        .map_or("unknown CPU", str::trim);
-    format!("{model}, {} threads", crate::kernels::parallel::current_num_threads())
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let numbers = match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!(" (family {family}, model {model})"),
+        _ => String::new(),
+    };
+    let threads = crate::kernels::parallel::current_num_threads();
+    format!("{name}{numbers}, {} build, {threads} threads", simd_build())
+}
+
+/// The widest x86 vector extension this binary was compiled to use (`.cargo/config.toml` builds for the
+/// machine it is built on).
+fn simd_build() -> &'static str {
+    if cfg!(target_feature = "avx512f") {
+        "AVX-512"
+    } else if cfg!(target_feature = "avx2") {
+        "AVX2"
+    } else if cfg!(target_arch = "x86_64") {
+        "SSE2"
+    } else {
+        std::env::consts::ARCH
+    }
 }
 
 /// Today's date in UTC, `YYYY-MM-DD` (the civil-from-days algorithm of H. Hinnant's date library).

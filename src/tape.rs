@@ -150,6 +150,10 @@ impl<T: Float> Tape<T> {
 
     /// Back-propagates from a scalar `loss`; parameter gradients are then readable with [`Tape::grad`].
     /// Recorded nodes are released, so the optimizer may update the parameters in place.
+    ///
+    /// # Panics
+    /// If `loss` does not hold exactly one element, or is untracked (it depends on no parameter, or the tape
+    /// was not recording). A `loss` from before this tape's last `backward` or `clear` may panic too.
     pub fn backward(&mut self, loss: &Var<T>) {
         assert_eq!(loss.value.numel(), 1, "backward: loss must be a scalar, got shape {:?}", loss.shape());
         let Some(loss_node) = loss.node else {

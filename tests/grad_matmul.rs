@@ -56,3 +56,19 @@ fn bmm_forward_matches_matmul_per_entry() {
         assert_eq!(one.value().data(), &batched.value().data()[i * 8..(i + 1) * 8]);
     }
 }
+
+#[test]
+fn matmul_over_an_empty_inner_axis_is_zero_with_empty_gradients() {
+    use peerlm::{Param, ParamKind, Tape, Tensor};
+    let a = Param::new("a", ParamKind::Weight, Tensor::<f64>::from_vec(&[2, 3, 0], vec![]));
+    let b = Param::new("b", ParamKind::Weight, Tensor::<f64>::from_vec(&[0, 5], vec![]));
+    let mut tape = Tape::new();
+    let (av, bv) = (tape.param(&a), tape.param(&b));
+    let c = ops::matmul(&mut tape, &av, &bv);
+    assert_eq!(c.value().shape(), &[2, 3, 5]);
+    assert!(c.value().data().iter().all(|&x| x == 0.0));
+    let total = ops::sum(&mut tape, &c);
+    tape.backward(&total);
+    assert_eq!(tape.grad(&a).unwrap().to_dense().shape(), &[2, 3, 0]);
+    assert_eq!(tape.grad(&b).unwrap().to_dense().shape(), &[0, 5]);
+}

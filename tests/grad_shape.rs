@@ -60,3 +60,16 @@ fn transpose_moves_elements() {
     let r = ops::reshape(&mut tape, &x, &[3, 2]);
     assert!(r.value().shares_buffer(x.value()));
 }
+
+#[test]
+fn transpose_of_an_axis_with_itself_is_the_identity() {
+    let x = tensor(&[2, 3, 4], -1.0, 1.0, 5);
+    let mut tape = Tape::<f64>::no_grad();
+    let xv = tape.constant(x.clone());
+    for axis in 0..3 {
+        let y = ops::transpose(&mut tape, &xv, axis, axis);
+        assert_eq!(y.shape(), x.shape());
+        assert_eq!(y.value().data(), x.data());
+    }
+    check_gradients(&[x], |t, x| ops::transpose(t, &x[0], 1, 1)).unwrap();
+}

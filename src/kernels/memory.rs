@@ -11,9 +11,8 @@
 //!   amount of memory in again, and the kernel zeroes every page. [`retain_freed_buffers`] turns
 //!   mmap off for the heap's blocks (even a 32 MiB threshold would leave the largest ones, the logits
 //!   and PEER's row gradients, on mmap) and turns trimming off, so a freed block stays in the heap and the
-//!   next step reuses it. On the tiny GPT of `benches/gpt.rs` this cut kernel time from about 4 s to
-//!   about 0.5 s and raised dense training from ~2,050 to ~3,000 tokens/s (docs/PERFORMANCE.md). The cost
-//!   is that the process keeps its peak heap until it exits, which a training process does anyway.
+//!   next step reuses it (the measured effect on the tiny GPT is in docs/PERFORMANCE.md). The cost is
+//!   that the process keeps its peak heap until it exits, which a training process does anyway.
 //! - **Random rows miss the TLB.** PEER reads a few hundred thousand random 1 KiB rows of tables of up
 //!   to 1 GiB per step (expert tables, their gradients' moments). With 4 KiB pages nearly every row costs
 //!   a page-table walk. [`vec_from_fn`] asks for transparent huge pages (2 MiB) on every buffer of at
@@ -95,10 +94,22 @@ pub(crate) unsafe fn par_vec_uninit<T: Send, R: Send>(
     (data, results)
 }
 
-/// Writes `value` into every slot and returns them as initialised values: for a kernel that owns a
-/// stretch of a [`par_vec_uninit`] buffer and leaves parts of it untouched, it zeroes the stretch in cache
-/// right before filling it, rather than the whole buffer in memory beforehand.
-pub fn fill_uninit<T: Copy>(slots: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
+/// [`par_vec_uninit`] for a `fill` that leaves parts of its chunk untouched: each chunk is set to `value`
+/// in the task that then fills it, in cache right before `fill` writes it, rather than the whole buffer
+/// zeroed in memory beforehand. Safe, since every slot is written before `fill` sees its chunk.
+pub(crate) fn par_vec_filled<T: Copy + Send + Sync, R: Send>(
+    len: usize,
+    chunk_len: usize,
+    min_chunks_per_task: usize,
+    value: T,
+    fill: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    // SAFETY: `filled` writes every slot of each chunk before `fill` is called on it.
+    unsafe { par_vec_uninit(len, chunk_len, min_chunks_per_task, |i, slots| fill(i, filled(slots, value))) }
+}
+
+/// Writes `value` into every slot and returns them as initialised values.
+fn filled<T: Copy>(slots: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
     for slot in slots.iter_mut() {
         slot.write(value);
     }
@@ -194,10 +205,17 @@ mod tests {
     }
 
     #[test]
-    fn fill_uninit_writes_every_slot() {
-        for len in [0, 1, 17, 1000] {
-            let mut slots = vec![MaybeUninit::new(f32::NAN); len];
-            assert!(fill_uninit(&mut slots, 0.5f32).iter().all(|&x| x == 0.5));
+    fn par_vec_filled_sets_what_fill_leaves() {
+        for (len, chunk) in [(0, 4), (1, 4), (17, 4), (1000, 64)] {
+            let (data, firsts) = par_vec_filled(len, chunk, 1, 0.5f32, |i, c| {
+                c[0] = i as f32;
+                c.len()
+            });
+            assert_eq!(firsts.iter().sum::<usize>(), len);
+            for (i, c) in data.chunks(chunk).enumerate() {
+                assert_eq!(c[0], i as f32);
+                assert!(c[1..].iter().all(|&x| x == 0.5), "chunk {i}: {c:?}");
+            }
         }
     }
 

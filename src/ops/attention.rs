@@ -21,10 +21,8 @@
 //! arithmetic is sequential and its results are joined in a fixed order, so the result does not depend
 //! on the thread count.
 
-use std::mem::MaybeUninit;
-
 use crate::grad::Grad;
-use crate::kernels::memory::{fill_uninit, par_vec_uninit};
+use crate::kernels::memory::par_vec_filled;
 use crate::kernels::parallel::prelude::*;
 use crate::kernels::vector::{scale, softmax_backward_row, softmax_row};
 use crate::kernels::{gemm, product, Float, MatRef};
@@ -166,19 +164,10 @@ fn join_heads<T: Float>(parts: &[Vec<&[T]>], dims: Dims, rows: usize) -> Vec<T> 
     out
 }
 
-/// One head's forward into its (uninitialised) stretch of probabilities; returns its output `[T, Dh]`.
-fn head_forward<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    tiles: &Tiles,
-    dims: Dims,
-    slots: &mut [MaybeUninit<T>],
-) -> Vec<T> {
+/// One head's forward into its stretch of probabilities (zero on entry); returns its output `[T, Dh]`.
+fn head_forward<T: Float>(q: &[T], k: &[T], v: &[T], tiles: &Tiles, dims: Dims, probs: &mut [T]) -> Vec<T> {
     let Dims { t, s, .. } = dims;
     let dh = dims.head_dim();
-    // The stretch is written whole here, in cache, right before the tiles fill it: masked entries stay 0.
-    let probs = fill_uninit(slots, T::ZERO);
     let mut scores = Vec::with_capacity(QUERY_TILE * s);
     let mut out = Vec::with_capacity(t * dh);
     for Tile { rows, keys, offset } in &tiles.tiles {
@@ -247,20 +236,14 @@ fn head_backward<T: Float>(
 }
 
 impl<T: Float> CausalAttention<T> {
-    fn dims(&self, x: &[&Tensor<T>]) -> Dims {
+    /// The sizes of the call, and where q, k and v live among the inputs (`[qkv]` packed, else `[q, k, v]`).
+    fn read<'a>(&self, inputs: &[&'a Tensor<T>]) -> (Dims, [Source<'a, T>; 3]) {
         if self.packed {
-            Dims::of_packed(x[0], self.n_heads)
+            let &[qkv] = inputs else { unreachable!("causal_self_attention takes qkv") };
+            (Dims::of_packed(qkv, self.n_heads), [0, 1, 2].map(|part| Source::part(qkv, part)))
         } else {
-            Dims::of(x[0], x[1], x[2], self.n_heads)
-        }
-    }
-
-    /// Where q, k and v live among the inputs.
-    fn sources<'a>(&self, x: &[&'a Tensor<T>]) -> [Source<'a, T>; 3] {
-        if self.packed {
-            [0, 1, 2].map(|part| Source::part(x[0], part))
-        } else {
-            [0, 1, 2].map(|i| Source::whole(x[i]))
+            let &[q, k, v] = inputs else { unreachable!("causal_attention takes q, k, v") };
+            (Dims::of(q, k, v, self.n_heads), [q, k, v].map(Source::whole))
         }
     }
 
@@ -282,30 +265,26 @@ impl<T: Float> Op<T> for CausalAttention<T> {
         }
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let dims = self.dims(x);
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let (dims, sources) = self.read(inputs);
         let Dims { batch, t, heads, d, .. } = dims;
         let tiles = Tiles::of(dims);
-        let sources = self.sources(x);
-        // One task per (batch, head): probabilities written in place, the head's output returned.
-        // SAFETY: `head_forward` writes every slot of its stretch (`fill_uninit` before anything else).
-        let (probs, head_outputs) = unsafe {
-            par_vec_uninit(batch * heads * tiles.len, tiles.len, 1, |bh, slots| {
-                let [q, k, v] = Self::head_inputs(&sources, bh / heads, bh % heads, dims);
-                head_forward(&q, &k, &v, &tiles, dims, slots)
-            })
-        };
+        // One task per (batch, head): its stretch of probabilities zeroed in cache (masked entries stay 0)
+        // and written in place, the head's output returned.
+        let (probs, head_outputs) = par_vec_filled(batch * heads * tiles.len, tiles.len, 1, T::ZERO, |bh, probs| {
+            let [q, k, v] = Self::head_inputs(&sources, bh / heads, bh % heads, dims);
+            head_forward(&q, &k, &v, &tiles, dims, probs)
+        });
         self.probs = probs;
         let blocks = head_outputs.iter().map(Vec::as_slice).collect();
         Tensor::from_vec(&[batch, t, d], join_heads(&[blocks], dims, t))
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let dims = self.dims(x);
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let (dims, sources) = self.read(inputs);
         let Dims { batch, t, s, heads, .. } = dims;
         let dh = dims.head_dim();
         let tiles = Tiles::of(dims);
-        let sources = self.sources(x);
         let dout = Source::whole(g);
         let inv_sqrt_dh = T::ONE / T::from_usize(dh).sqrt();
         let head_grads: Vec<[Vec<T>; 3]> = (0..batch * heads)
@@ -318,20 +297,24 @@ impl<T: Float> Op<T> for CausalAttention<T> {
             })
             .collect();
         let part = |i: usize| -> Vec<&[T]> { head_grads.iter().map(|g| g[i].as_slice()).collect() };
+        let grad = |input: &Tensor<T>, parts: &[Vec<&[T]>], rows: usize| {
+            Some(Grad::Dense(Tensor::from_vec(input.shape(), join_heads(parts, dims, rows))))
+        };
         if self.packed {
-            let dqkv = join_heads(&[part(0), part(1), part(2)], dims, t);
-            return vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dqkv)))];
+            let &[qkv] = inputs else { unreachable!("causal_self_attention takes qkv") };
+            return vec![grad(qkv, &[part(0), part(1), part(2)], t)];
         }
-        [(0, t), (1, s), (2, s)]
-            .into_iter()
-            .map(|(i, rows)| Some(Grad::Dense(Tensor::from_vec(x[i].shape(), join_heads(&[part(i)], dims, rows)))))
-            .collect()
+        let &[q, k, v] = inputs else { unreachable!("causal_attention takes q, k, v") };
+        vec![grad(q, &[part(0)], t), grad(k, &[part(1)], s), grad(v, &[part(2)], s)]
     }
 }
 
 /// Causal multi-head attention of q `[B, T, D]` over k, v `[B, S, D]` (`S ≥ T`) with `n_heads` heads of
 /// `D / n_heads` columns each; query i is at absolute position `S − T + i` and sees keys up to it.
 /// Returns `[B, T, D]`, the heads' outputs side by side (no output projection).
+///
+/// # Panics
+/// Unless q is `[B, T, D]`, k and v are both `[B, S, D]` with `S ≥ T`, and `n_heads > 0` divides D.
 pub fn causal_attention<T: Float>(tape: &mut Tape<T>, q: &Var<T>, k: &Var<T>, v: &Var<T>, n_heads: usize) -> Var<T> {
     tape.apply(CausalAttention { n_heads, packed: false, probs: Vec::new() }, &[q, k, v])
 }
@@ -339,6 +322,9 @@ pub fn causal_attention<T: Float>(tape: &mut Tape<T>, q: &Var<T>, k: &Var<T>, v:
 /// Causal self-attention of `qkv` `[B, T, 3D]`, queries, keys and values side by side (columns `0..D`,
 /// `D..2D`, `2D..3D`), as [`causal_attention`] of the three parts, without splitting them: its gradient
 /// is one `[B, T, 3D]` tensor. Returns `[B, T, D]`.
+///
+/// # Panics
+/// Unless `qkv` is 3-D with a last axis that `3·n_heads` divides (`n_heads > 0`).
 pub fn causal_self_attention<T: Float>(tape: &mut Tape<T>, qkv: &Var<T>, n_heads: usize) -> Var<T> {
     tape.apply(CausalAttention { n_heads, packed: true, probs: Vec::new() }, &[qkv])
 }

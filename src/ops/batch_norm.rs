@@ -195,6 +195,9 @@ fn column_stats<T: Float>(x: &[T], c: usize) -> (Vec<f64>, Vec<f64>) {
 /// Batch normalisation of `x` `[R, C]` over its rows, with per-column `gain` and `bias` `[C]`.
 /// Training: normalises with the batch statistics (needs R ≥ 2) and updates `stats`; evaluation:
 /// normalises with `stats`, which stay unchanged.
+///
+/// # Panics
+/// If `x` is not `[R, C > 0]`, `gain`, `bias` or `stats` do not have C columns, or in training R < 2.
 pub fn batch_norm<T: Float>(
     tape: &mut Tape<T>,
     x: &Var<T>,

@@ -72,9 +72,10 @@ impl<T: Float> Op<T> for Binary {
         self.kind.name()
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (a, b) = (x[0].data(), x[1].data());
-        check_broadcast(self.kind.name(), x[0].shape(), x[1].shape());
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[a_in, b_in] = inputs else { unreachable!("a binary op takes a, b") };
+        let (a, b) = (a_in.data(), b_in.data());
+        check_broadcast(self.kind.name(), a_in.shape(), b_in.shape());
         let (kind, width) = (self.kind, b.len().max(1));
         let mut out = vec![T::ZERO; a.len()];
         // One row of `a` per repeat of `b` (a single row when the shapes are equal).
@@ -82,22 +83,23 @@ impl<T: Float> Op<T> for Binary {
             let a_row = &a[row * width..][..width];
             zip_map([a_row, b], y, |[p, q]| kind.apply(p, q), |[p, q]| kind.apply(p, q));
         });
-        Tensor::from_vec(x[0].shape(), out)
+        Tensor::from_vec(a_in.shape(), out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, grad: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (a, b, g) = (x[0].data(), x[1].data(), grad.data());
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, grad: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[a_in, b_in] = inputs else { unreachable!("a binary op takes a, b") };
+        let (a, b, g) = (a_in.data(), b_in.data(), grad.data());
         let (kind, width) = (self.kind, b.len().max(1));
         // In the forward pass this was out = a ± b, so now da = g: the gradient's own buffer, shared, not
         // copied (a later in-place accumulation copies it only if it is still shared then). Likewise
         // db = g for an add of equal shapes (a residual connection).
-        let shares = |input: usize| match kind {
-            Kind::Add => x[input].shape() == grad.shape(),
-            Kind::Sub => input == 0,
-            Kind::Mul | Kind::Div => false,
+        let (shares_a, shares_b) = match kind {
+            Kind::Add => (a_in.shape() == grad.shape(), b_in.shape() == grad.shape()),
+            Kind::Sub => (true, false),
+            Kind::Mul | Kind::Div => (false, false),
         };
         let grad_a = needs[0].then(|| {
-            if shares(0) {
+            if shares_a {
                 return Grad::Dense(grad.clone());
             }
             let mut ga = vec![T::ZERO; a.len()];
@@ -105,10 +107,10 @@ impl<T: Float> Op<T> for Binary {
                 let (a_row, g_row) = (&a[row * width..][..width], &g[row * width..][..width]);
                 zip_map([a_row, b, g_row], d, |[p, q, g]| kind.grad_a(p, q, g), |[p, q, g]| kind.grad_a(p, q, g));
             });
-            Grad::Dense(Tensor::from_vec(x[0].shape(), ga))
+            Grad::Dense(Tensor::from_vec(a_in.shape(), ga))
         });
         let grad_b = needs[1].then(|| {
-            if shares(1) {
+            if shares_b {
                 return Grad::Dense(grad.clone());
             }
             // Rows are added in order, so the sum over repeats does not depend on the thread count.
@@ -121,7 +123,7 @@ impl<T: Float> Op<T> for Binary {
                     |acc, [p, q, g]| acc + kind.grad_b(p, q, g),
                 );
             }
-            Grad::Dense(Tensor::from_vec(x[1].shape(), gb))
+            Grad::Dense(Tensor::from_vec(b_in.shape(), gb))
         });
         vec![grad_a, grad_b]
     }
@@ -135,21 +137,33 @@ fn check_broadcast(op: &str, a: &[usize], b: &[usize]) {
 }
 
 /// `a + b`, with `b` broadcast over `a`'s leading axes if its shape is a suffix of `a`'s.
+///
+/// # Panics
+/// If `b`'s shape is neither `a`'s nor a suffix of it.
 pub fn add<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>) -> Var<T> {
     tape.apply(Binary { kind: Kind::Add }, &[a, b])
 }
 
 /// `a - b`, broadcasting `b` as in [`add`].
+///
+/// # Panics
+/// If `b`'s shape is neither `a`'s nor a suffix of it.
 pub fn sub<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>) -> Var<T> {
     tape.apply(Binary { kind: Kind::Sub }, &[a, b])
 }
 
 /// `a * b` elementwise, broadcasting `b` as in [`add`].
+///
+/// # Panics
+/// If `b`'s shape is neither `a`'s nor a suffix of it.
 pub fn mul<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>) -> Var<T> {
     tape.apply(Binary { kind: Kind::Mul }, &[a, b])
 }
 
 /// `a / b` elementwise, broadcasting `b` as in [`add`].
+///
+/// # Panics
+/// If `b`'s shape is neither `a`'s nor a suffix of it.
 pub fn div<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>) -> Var<T> {
     tape.apply(Binary { kind: Kind::Div }, &[a, b])
 }

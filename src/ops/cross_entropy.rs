@@ -8,7 +8,7 @@
 //! backward rebuilds `softmax(x) = exp(x − lse)` on the fly while writing the gradient.
 
 use crate::grad::Grad;
-use crate::kernels::memory::{fill_uninit, par_vec_uninit};
+use crate::kernels::memory::par_vec_filled;
 use crate::kernels::vector::{for_each_row, log_sum_exp, zip_map, CHUNK, PARALLEL_MIN};
 use crate::kernels::{Float, Lanes};
 use crate::tape::{Op, Tape, Var};
@@ -34,16 +34,17 @@ impl<T: Float> Op<T> for CrossEntropy<T> {
         "cross_entropy"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (logits, vocab) = (x[0].data(), x[0].last_dim());
-        assert!(vocab > 0, "cross_entropy: logits {:?} have an empty last axis", x[0].shape());
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("cross_entropy takes logits") };
+        let (logits, vocab) = (x.data(), x.last_dim());
+        assert!(vocab > 0, "cross_entropy: logits {:?} have an empty last axis", x.shape());
         let rows = logits.len() / vocab;
         assert_eq!(
             self.targets.len(),
             rows,
             "cross_entropy: {} targets for logits {:?} ({rows} rows)",
             self.targets.len(),
-            x[0].shape()
+            x.shape()
         );
         for (row, &t) in self.targets.iter().enumerate() {
             assert!(
@@ -66,35 +67,35 @@ impl<T: Float> Op<T> for CrossEntropy<T> {
         Tensor::scalar(loss)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         // In the forward pass this was loss = mean over counted rows of lse(x) − x[t], so now
         // dx = (softmax(x) − onehot(t)) · g / count for a counted row, 0 for an ignored one.
-        let (logits, vocab) = (x[0].data(), x[0].last_dim());
+        let &[x] = inputs else { unreachable!("cross_entropy takes logits") };
+        let (logits, vocab) = (x.data(), x.last_dim());
         let scale = if self.count == 0 { T::ZERO } else { g.item() / T::from_usize(self.count) };
         let sv = T::Simd::splat(scale);
-        // Every row is written whole once: the [N, V] gradient is never zeroed first.
+        // Each row is zeroed in cache by the task that then writes it: no pass zeroes the [N, V] gradient first.
         let min_rows_per_task = if logits.len() < PARALLEL_MIN { usize::MAX } else { CHUNK.div_ceil(vocab) };
-        // SAFETY: each call writes every slot of its row (`fill_uninit` first).
-        let (dx, _) = unsafe {
-            par_vec_uninit(logits.len(), vocab, min_rows_per_task, |row, slots| {
-                let d = fill_uninit(slots, T::ZERO);
-                if self.count == 0 || !self.counts(row) {
-                    return; // ignored rows keep a zero gradient
-                }
-                let lse = self.log_sum_exp[row];
-                let lv = T::Simd::splat(lse);
-                let row_logits = &logits[row * vocab..][..vocab];
-                zip_map([row_logits], d, |[v]| (v - lv).exp() * sv, |[v]| (v - lse).exp() * scale);
-                d[self.targets[row] as usize] -= scale;
-            })
-        };
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        let (dx, _) = par_vec_filled(logits.len(), vocab, min_rows_per_task, T::ZERO, |row, d| {
+            if self.count == 0 || !self.counts(row) {
+                return; // ignored rows keep a zero gradient
+            }
+            let lse = self.log_sum_exp[row];
+            let lv = T::Simd::splat(lse);
+            let row_logits = &logits[row * vocab..][..vocab];
+            zip_map([row_logits], d, |[v]| (v - lv).exp() * sv, |[v]| (v - lse).exp() * scale);
+            d[self.targets[row] as usize] -= scale;
+        });
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
 /// Mean cross-entropy of `logits` `[.., V]` (rows flattened) against one target id per row, skipping
 /// rows whose target equals `ignore_index`. Returns a scalar; 0 (with zero gradient) if every row is
-/// ignored. Panics if the number of targets differs from the number of rows or a counted target is `≥ V`.
+/// ignored.
+///
+/// # Panics
+/// If `V` is 0, the number of targets differs from the number of rows, or a counted target is `≥ V`.
 pub fn cross_entropy<T: Float>(
     tape: &mut Tape<T>,
     logits: &Var<T>,

@@ -23,22 +23,27 @@ impl<T: Float> Op<T> for Dropout<T> {
         "dropout"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let mut y = vec![T::ZERO; x[0].numel()];
-        mul(x[0].data(), &self.factors, &mut y);
-        Tensor::from_vec(x[0].shape(), y)
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("dropout takes x") };
+        let mut y = vec![T::ZERO; x.numel()];
+        mul(x.data(), &self.factors, &mut y);
+        Tensor::from_vec(x.shape(), y)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("dropout takes x") };
         let mut dx = vec![T::ZERO; g.numel()];
         mul(g.data(), &self.factors, &mut dx);
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
 /// Inverted dropout with drop probability `p` in `[0, 1)`, its mask drawn from `rng` (one uniform per
 /// element, in order). Returns `x` itself, recording nothing and drawing nothing, when `p == 0` or the
-/// tape is not recording (evaluation). Panics if `p` is outside `[0, 1)`.
+/// tape is not recording (evaluation).
+///
+/// # Panics
+/// If `p` is outside `[0, 1)`.
 pub fn dropout<T: Float>(tape: &mut Tape<T>, x: &Var<T>, p: f64, rng: &mut Rng) -> Var<T> {
     assert!((0.0..1.0).contains(&p), "dropout: probability {p} is outside [0, 1)");
     if p == 0.0 || !tape.is_recording() {

@@ -41,8 +41,8 @@ impl<T: Float> Op<T> for Embedding {
         "embedding"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let table = x[0];
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[table] = inputs else { unreachable!("embedding takes table") };
         let d = table.dim(1);
         let mut out = Vec::with_capacity(self.ids.len() * d);
         for &id in &self.ids {
@@ -51,14 +51,17 @@ impl<T: Float> Op<T> for Embedding {
         Tensor::from_vec(&[self.ids.len(), d], out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[table] = inputs else { unreachable!("embedding takes table") };
         // Row t of the upstream gradient belongs to table row ids[t]; repeats are summed by coalesce().
-        vec![Some(Grad::Rows(RowGrad::new(x[0].shape(), self.ids.clone(), g.data().to_vec())))]
+        vec![Some(Grad::Rows(RowGrad::new(table.shape(), self.ids.clone(), g.data().to_vec())))]
     }
 }
 
 /// Rows `ids` of `table` `[N, d]`, as `[ids.len(), d]`. The table's gradient is row-sparse.
-/// Panics if an id is ≥ N.
+///
+/// # Panics
+/// If `table` is not `[N, d > 0]` or an id is ≥ N.
 pub fn embedding<T: Float>(tape: &mut Tape<T>, table: &Var<T>, ids: &[u32]) -> Var<T> {
     check_table("embedding", table.shape());
     check_ids("embedding", ids, table.shape()[0]);
@@ -120,7 +123,10 @@ impl<T: Float> Op<T> for WeightedGather {
 
 /// PKM's read: `out[t] = Σ_j weights[t,j]·table[ids[t·k + j]]` for `table` `[N, d]`, `weights` `[T, k]`
 /// and `T·k` ids; the result is `[T, d]`. Gradients: dense for `weights`, row-sparse (one row per distinct
-/// id) for `table`. Panics on an id ≥ N or mismatched lengths.
+/// id) for `table`.
+///
+/// # Panics
+/// If `table` is not `[N, d > 0]`, `weights` not `[T, k > 0]`, `ids` not of length T·k, or an id is ≥ N.
 pub fn weighted_gather<T: Float>(tape: &mut Tape<T>, table: &Var<T>, ids: &[u32], weights: &Var<T>) -> Var<T> {
     check_table("weighted_gather", table.shape());
     assert!(

@@ -20,8 +20,9 @@ impl MatMul {
             a.shape(),
             b.shape()
         );
-        let k = a.last_dim();
-        (a.numel() / k.max(1), k, b.dim(1))
+        // The rows are the product of the leading axes (not numel / k, which is 0 / 0 when k = 0).
+        let rows = a.shape()[..a.rank() - 1].iter().product();
+        (rows, a.last_dim(), b.dim(1))
     }
 }
 
@@ -58,6 +59,9 @@ impl<T: Float> Op<T> for MatMul {
 
 /// `a·b` for `a` of shape `[..., m, k]` and `b` of shape `[k, n]`, giving `[..., m, n]`: a linear layer
 /// applied to every row of `a`.
+///
+/// # Panics
+/// Unless `a` has rank ≥ 1, `b` is 2-D, and `a`'s last axis equals `b`'s first.
 pub fn matmul<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>) -> Var<T> {
     tape.apply(MatMul, &[a, b])
 }
@@ -113,9 +117,10 @@ impl<T: Float> Op<T> for BatchedMatMul {
         "bmm"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let BmmDims { batch, m, n } = self.dims(x[0], x[1]);
-        let (am, bm) = (Self::operand(x[0], self.trans_a), Self::operand(x[1], self.trans_b));
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[a, b] = inputs else { unreachable!("bmm takes a, b") };
+        let BmmDims { batch, m, n } = self.dims(a, b);
+        let (am, bm) = (Self::operand(a, self.trans_a), Self::operand(b, self.trans_b));
         if batch == 1 {
             // One product (the tied output head's logits): written once, as `matmul` writes its output.
             return Tensor::from_vec(&[batch, m, n], product(am, bm));
@@ -158,6 +163,9 @@ impl<T: Float> Op<T> for BatchedMatMul {
 /// Batched product `op(a)·op(b)` of `[B, m, k]` and `[B, k, n]` stacks, giving `[B, m, n]`. With `trans_a`
 /// the stored `a` is `[B, k, m]` and read transposed (likewise `trans_b`: stored `[B, n, k]`); transposes
 /// are strides, never copies, in forward and backward.
+///
+/// # Panics
+/// Unless `a` and `b` are both 3-D with the same B and, as read (after `trans_a`, `trans_b`), the same k.
 pub fn bmm<T: Float>(tape: &mut Tape<T>, a: &Var<T>, b: &Var<T>, trans_a: bool, trans_b: bool) -> Var<T> {
     tape.apply(BatchedMatMul { trans_a, trans_b }, &[a, b])
 }

@@ -26,10 +26,10 @@ impl<T: Float> Norm<T> {
         }
     }
 
-    fn check(&self, x: &Tensor<T>, params: &[&Tensor<T>]) -> usize {
+    fn check(&self, x: &Tensor<T>, gain: &Tensor<T>, bias: Option<&Tensor<T>>) -> usize {
         let d = x.last_dim();
         assert!(x.rank() >= 1 && d > 0, "{}: cannot normalise rows of shape {:?}", self.name(), x.shape());
-        for p in params {
+        for p in [Some(gain), bias].into_iter().flatten() {
             assert!(
                 p.shape() == [d],
                 "{}: gain/bias of shape {:?} for input {:?} (want [{d}])",
@@ -48,16 +48,20 @@ impl<T: Float> Op<T> for Norm<T> {
     }
 
     fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
-        let d = self.check(inputs[0], &inputs[1..]);
-        let (x, gain, bias) = (inputs[0], inputs[1].data(), inputs.get(2).map(|b| b.data()));
-        let (y, stats) = norm::forward(x.data(), d, gain, bias, self.centered, self.eps);
+        let (x, gain, bias) = match *inputs {
+            [x, gain] => (x, gain, None),
+            [x, gain, bias] => (x, gain, Some(bias)),
+            _ => unreachable!("layer_norm takes x, gain, bias; rms_norm takes x, gain"),
+        };
+        let d = self.check(x, gain, bias);
+        let (y, stats) = norm::forward(x.data(), d, gain.data(), bias.map(Tensor::data), self.centered, self.eps);
         self.stats = stats;
         Tensor::from_vec(x.shape(), y)
     }
 
     fn backward(&self, inputs: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         // The forward computed y = x̂ ⊙ gain (+ bias) and kept each row's mean and rstd in `stats`.
-        let (x, gain) = (inputs[0], inputs[1]);
+        let &[x, gain, ..] = inputs else { unreachable!("layer_norm takes x, gain, bias; rms_norm takes x, gain") };
         let d = x.last_dim();
         assert_eq!(self.stats.len(), x.numel() / d.max(1), "{}: backward without a forward on this input", self.name());
         let (dx, dgain, dbias) = norm::backward(x.data(), g.data(), d, gain.data(), &self.stats, self.centered);
@@ -74,11 +78,17 @@ impl<T: Float> Op<T> for Norm<T> {
 
 /// Layer norm over the last axis: `(x − mean)/√(var + eps) ⊙ gain + bias`, with `gain` and `bias` of shape
 /// `[d]` for `x` of shape `[..., d]`.
+///
+/// # Panics
+/// If `x` is a scalar or its last axis is empty, or `gain` or `bias` is not `[d]`.
 pub fn layer_norm<T: Float>(tape: &mut Tape<T>, x: &Var<T>, gain: &Var<T>, bias: &Var<T>, eps: f64) -> Var<T> {
     tape.apply(Norm { centered: true, eps, stats: Vec::new() }, &[x, gain, bias])
 }
 
 /// RMS norm over the last axis: `x/√(mean(x²) + eps) ⊙ gain`, with `gain` of shape `[d]`.
+///
+/// # Panics
+/// If `x` is a scalar or its last axis is empty, or `gain` is not `[d]`.
 pub fn rms_norm<T: Float>(tape: &mut Tape<T>, x: &Var<T>, gain: &Var<T>, eps: f64) -> Var<T> {
     tape.apply(Norm { centered: false, eps, stats: Vec::new() }, &[x, gain])
 }

@@ -47,9 +47,10 @@ impl<T: Float> Op<T> for PeerExperts<T> {
 
     // out[t] = Σ_j gates[t,j]·σ(z)·v[id] with z = u[id]·x[t]; keeps every z for the backward.
     fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x, _, _, _] = inputs else { unreachable!("peer_experts takes x, u, v, gates") };
         let (out, pre) = experts_forward(&self.batch(inputs));
         self.pre = pre;
-        Tensor::from_vec(inputs[0].shape(), out)
+        Tensor::from_vec(x.shape(), out)
     }
 
     // In the forward pass this was out[t] = Σ_j g·σ(z)·v[id]; so now, with vg = v[id]·dout[t]:
@@ -73,7 +74,7 @@ impl<T: Float> Op<T> for PeerExperts<T> {
 /// `gates`, row-sparse and coalesced for `u` and `v`. Never materialises a `[T, m, d]` tensor.
 ///
 /// # Panics
-/// If the shapes do not fit together as above, or an expert id is out of range.
+/// If the shapes do not fit together as above (with d, m > 0), or an expert id is ≥ N.
 pub fn peer_experts<T: Float>(
     tape: &mut Tape<T>,
     x: &Var<T>,

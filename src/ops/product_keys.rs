@@ -180,7 +180,8 @@ impl<T: Float> Op<T> for ProductKeyScores {
     // selections using i (likewise dK2 with q2), summed per chunk of rows into that chunk's own dense
     // [K1; K2]-shaped pair, the chunks' pairs added in chunk order.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (query, Dims { dh, n, .. }, ds) = (inputs[0], self.dims, g.data());
+        let &[query, _, _] = inputs else { unreachable!("product_key_topk takes query, keys1, keys2") };
+        let (Dims { dh, n, .. }, ds) = (self.dims, g.data());
         let mut dq = vec![T::ZERO; query.numel()];
         let parts: Vec<Vec<T>> = dq
             .par_chunks_mut(GRAD_ROW_CHUNK * 2 * dh)
@@ -206,7 +207,7 @@ impl<T: Float> Op<T> for ProductKeyScores {
 /// ~0 on real-valued data.
 ///
 /// # Panics
-/// Unless `1 ≤ k ≤ n`, n² fits in u32 and the shapes fit as above.
+/// Unless the shapes fit as above with `dh > 0`, `1 ≤ k ≤ n`, and n² fits in u32.
 pub fn product_key_topk<T: Float>(
     tape: &mut Tape<T>,
     query: &Var<T>,

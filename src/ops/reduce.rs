@@ -61,21 +61,23 @@ impl<T: Float> Op<T> for Sum {
         self.label()
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (out_shape, width) = self.axes.split(self.label(), x[0].shape());
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("a reduction takes x") };
+        let (out_shape, width) = self.axes.split(self.label(), x.shape());
         let scale: T = self.scale(width);
         let mut out = vec![T::ZERO; out_shape.iter().product()];
-        let data = x[0].data();
+        let data = x.data();
         for_each_row(&mut out, 1, width, |row, y| y[0] = scale * sum_slice(&data[row * width..][..width]));
         Tensor::from_vec(&out_shape, out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (_, width) = self.axes.split(self.label(), x[0].shape());
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("a reduction takes x") };
+        let (_, width) = self.axes.split(self.label(), x.shape());
         let scale: T = self.scale(width);
         let row_grads: Vec<T> = g.data().iter().map(|&g| scale * g).collect();
         let dx = broadcast_rows(&row_grads, width);
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
@@ -89,23 +91,25 @@ impl<T: Float> Op<T> for MaxLast {
         "max_last"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (out_shape, width) = Axes::Last.split("max_last", x[0].shape());
-        assert!(width > 0, "max_last: the last axis of {:?} is empty", x[0].shape());
-        let data = x[0].data();
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("max_last takes x") };
+        let (out_shape, width) = Axes::Last.split("max_last", x.shape());
+        assert!(width > 0, "max_last: the last axis of {:?} is empty", x.shape());
+        let data = x.data();
         self.winners = vec![0; out_shape.iter().product()];
         for_each_row(&mut self.winners, 1, width, |row, w| w[0] = argmax(&data[row * width..][..width]));
         let out = self.winners.iter().enumerate().map(|(row, &w)| data[row * width + w]).collect();
         Tensor::from_vec(&out_shape, out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
-        let width = x[0].last_dim();
-        let mut dx = vec![T::ZERO; x[0].numel()];
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("max_last takes x") };
+        let width = x.last_dim();
+        let mut dx = vec![T::ZERO; x.numel()];
         for (row, (&w, &g)) in self.winners.iter().zip(g.data()).enumerate() {
             dx[row * width + w] = g;
         }
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
@@ -114,25 +118,37 @@ pub fn sum<T: Float>(tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
     tape.apply(Sum { axes: Axes::All, mean: false }, &[x])
 }
 
-/// The mean of all elements, as a scalar (shape `[]`); panics on an empty tensor.
+/// The mean of all elements, as a scalar (shape `[]`).
+///
+/// # Panics
+/// If `x` has no elements.
 pub fn mean<T: Float>(tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
     tape.apply(Sum { axes: Axes::All, mean: true }, &[x])
 }
 
 /// Sums over the last axis: `[.., n] -> [..]`.
+///
+/// # Panics
+/// If `x` is a scalar (it has no last axis).
 pub fn sum_last<T: Float>(tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
     tape.apply(Sum { axes: Axes::Last, mean: false }, &[x])
 }
 
-/// Means over the last axis: `[.., n] -> [..]`; panics if `n = 0`.
+/// Means over the last axis: `[.., n] -> [..]`.
+///
+/// # Panics
+/// If `x` is a scalar or `n = 0`.
 pub fn mean_last<T: Float>(tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
     tape.apply(Sum { axes: Axes::Last, mean: true }, &[x])
 }
 
-/// Max over the last axis: `[.., n] -> [..]`; panics if `n = 0`.
+/// Max over the last axis: `[.., n] -> [..]`.
 ///
 /// The gradient of each row goes entirely to the *first* index holding the row's maximum (ties go to
 /// the lowest index), the usual subgradient choice; the other tied elements get 0.
+///
+/// # Panics
+/// If `x` is a scalar, `n = 0`, or a row is all NaN (it has no maximum).
 pub fn max_last<T: Float>(tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
     tape.apply(MaxLast { winners: Vec::new() }, &[x])
 }

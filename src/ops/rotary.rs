@@ -76,8 +76,9 @@ impl<T: Float> Op<T> for Rotary<T> {
         "rotary"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        self.rotate(x[0], false)
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("rotary takes x") };
+        self.rotate(x, false)
     }
 
     fn backward(&self, _: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
@@ -87,7 +88,9 @@ impl<T: Float> Op<T> for Rotary<T> {
 
 /// RoPE on `x` of shape `[batch, seq, d]` split into `n_heads` heads, the rows of each sequence sitting
 /// at positions `first_position..first_position + seq` (nonzero when earlier positions are cached).
-/// Panics if the shape is not 3-D or a head's width is not even.
+///
+/// # Panics
+/// Unless `x` is 3-D and `n_heads > 0` splits its last axis into heads of even width.
 pub fn rotary<T: Float>(tape: &mut Tape<T>, x: &Var<T>, n_heads: usize, first_position: usize) -> Var<T> {
     let shape = x.shape();
     let ok = shape.len() == 3 && n_heads > 0 && shape[2] % (2 * n_heads) == 0;

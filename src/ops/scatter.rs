@@ -77,6 +77,9 @@ impl<T: Float> Op<T> for ScatterRows {
 
 /// `out [total_rows, d]` with `out[rows[i]] += weights[i] · y[i]` for each row `i` of `y [n, d]`;
 /// `weights` is `[n]`. Rows not named stay zero.
+///
+/// # Panics
+/// If `y` is not 2-D, `weights` is not `[n]`, `rows` does not hold n ids, or an id is ≥ `total_rows`.
 pub fn scatter_rows<T: Float>(
     tape: &mut Tape<T>,
     y: &Var<T>,

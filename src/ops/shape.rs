@@ -27,16 +27,21 @@ impl<T: Float> Op<T> for Reshape {
         "reshape"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        x[0].reshape(&self.shape)
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("reshape takes x") };
+        x.reshape(&self.shape)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        vec![Some(Grad::Dense(g.reshape(x[0].shape())))]
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("reshape takes x") };
+        vec![Some(Grad::Dense(g.reshape(x.shape())))]
     }
 }
 
 /// The same elements under a new shape with the same element count; shares the buffer (no copy).
+///
+/// # Panics
+/// If `shape` holds a different number of elements than `x`.
 pub fn reshape<T: Float>(tape: &mut Tape<T>, x: &Var<T>, shape: &[usize]) -> Var<T> {
     tape.apply(Reshape { shape: shape.to_vec() }, &[x])
 }
@@ -50,6 +55,9 @@ struct Transpose {
 fn swap_axes<T: Float>(x: &Tensor<T>, axis1: usize, axis2: usize) -> Tensor<T> {
     let (lo, hi) = (axis1.min(axis2), axis1.max(axis2));
     assert!(hi < x.rank(), "transpose: axes {axis1}, {axis2} out of range for shape {:?}", x.shape());
+    if lo == hi {
+        return x.clone(); // an axis swapped with itself
+    }
     let s = x.shape();
     let pre: usize = s[..lo].iter().product();
     let mid: usize = s[lo + 1..hi].iter().product();
@@ -77,8 +85,9 @@ impl<T: Float> Op<T> for Transpose {
         "transpose"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        swap_axes(x[0], self.axis1, self.axis2)
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("transpose takes x") };
+        swap_axes(x, self.axis1, self.axis2)
     }
 
     fn backward(&self, _x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
@@ -87,6 +96,9 @@ impl<T: Float> Op<T> for Transpose {
 }
 
 /// `x` with axes `axis1` and `axis2` swapped, materialised as a new contiguous tensor.
+///
+/// # Panics
+/// If either axis is out of range for `x`.
 pub fn transpose<T: Float>(tape: &mut Tape<T>, x: &Var<T>, axis1: usize, axis2: usize) -> Var<T> {
     tape.apply(Transpose { axis1, axis2 }, &[x])
 }
@@ -102,42 +114,50 @@ impl<T: Float> Op<T> for Narrow {
         "narrow"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (outer, size, inner) = around(x[0], self.axis, "narrow");
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("narrow takes x") };
+        let (outer, size, inner) = around(x, self.axis, "narrow");
         assert!(
             self.start + self.len <= size,
             "narrow: {}..{} out of range for axis {} of {:?}",
             self.start,
             self.start + self.len,
             self.axis,
-            x[0].shape()
+            x.shape()
         );
         let mut out = Vec::with_capacity(outer * self.len * inner);
-        for block in x[0].data().chunks((size * inner).max(1)) {
+        for block in x.data().chunks((size * inner).max(1)) {
             out.extend_from_slice(&block[self.start * inner..(self.start + self.len) * inner]);
         }
-        let mut shape = x[0].shape().to_vec();
+        let mut shape = x.shape().to_vec();
         shape[self.axis] = self.len;
         Tensor::from_vec(&shape, out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        let (_, size, inner) = around(x[0], self.axis, "narrow");
-        let mut dx = vec![T::ZERO; x[0].numel()];
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("narrow takes x") };
+        let (_, size, inner) = around(x, self.axis, "narrow");
+        let mut dx = vec![T::ZERO; x.numel()];
         let piece = self.len * inner;
         for (block, g_block) in dx.chunks_mut((size * inner).max(1)).zip(g.data().chunks(piece.max(1))) {
             block[self.start * inner..self.start * inner + piece].copy_from_slice(g_block);
         }
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
 /// Elements `start..start + len` of axis `axis` of `x` (copied).
+///
+/// # Panics
+/// If `axis` is out of range for `x` or `start + len` exceeds its length.
 pub fn narrow<T: Float>(tape: &mut Tape<T>, x: &Var<T>, axis: usize, start: usize, len: usize) -> Var<T> {
     tape.apply(Narrow { axis, start, len }, &[x])
 }
 
 /// Consecutive pieces of `x` along `axis` with the given sizes, which must add up to the axis length.
+///
+/// # Panics
+/// If `axis` is out of range for `x` or the sizes do not add up to its length.
 pub fn split<T: Float>(tape: &mut Tape<T>, x: &Var<T>, axis: usize, sizes: &[usize]) -> Vec<Var<T>> {
     let total: usize = sizes.iter().sum();
     assert_eq!(total, x.shape()[axis], "split: sizes {sizes:?} do not add up to axis {axis} of {:?}", x.shape());
@@ -162,13 +182,13 @@ impl<T: Float> Op<T> for Concat {
     }
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        assert!(!x.is_empty(), "concat: no inputs");
-        let first = x[0].shape();
+        let &[first_input, ..] = x else { panic!("concat: no inputs") };
+        let first = first_input.shape();
         for t in x {
             let same_rest = t.rank() == first.len() && (0..first.len()).all(|i| i == self.axis || t.dim(i) == first[i]);
             assert!(same_rest, "concat: shape {:?} does not match {first:?} outside axis {}", t.shape(), self.axis);
         }
-        let (outer, _, inner) = around(x[0], self.axis, "concat");
+        let (outer, _, inner) = around(first_input, self.axis, "concat");
         let total: usize = x.iter().map(|t| t.dim(self.axis)).sum();
         let mut out = Vec::with_capacity(outer * total * inner);
         for o in 0..outer {
@@ -197,6 +217,9 @@ impl<T: Float> Op<T> for Concat {
 }
 
 /// The inputs joined along `axis`; all other axes must agree.
+///
+/// # Panics
+/// If `xs` is empty, `axis` is out of range, or the inputs differ in rank or in an axis other than `axis`.
 pub fn concat<T: Float>(tape: &mut Tape<T>, xs: &[&Var<T>], axis: usize) -> Var<T> {
     tape.apply(Concat { axis }, xs)
 }

@@ -27,16 +27,18 @@ impl<T: Float> Op<T> for Softmax {
         }
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let (data, width) = (x[0].data(), x[0].last_dim());
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("softmax takes x") };
+        let (data, width) = (x.data(), x.last_dim());
         let mut y = vec![T::ZERO; data.len()];
         let row_fn = if self.log { log_softmax_row } else { softmax_row };
         for_each_row(&mut y, width, width, |row, out| row_fn(&data[row * width..][..width], out));
-        Tensor::from_vec(x[0].shape(), y)
+        Tensor::from_vec(x.shape(), y)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], y: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
-        let width = x[0].last_dim();
+    fn backward(&self, inputs: &[&Tensor<T>], y: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("softmax takes x") };
+        let width = x.last_dim();
         let mut dx = vec![T::ZERO; y.numel()];
         let (y, g) = (y.data(), g.data());
         for_each_row(&mut dx, width, width, |row, d| {
@@ -49,7 +51,7 @@ impl<T: Float> Op<T> for Softmax {
                 softmax_backward_row(y, g, d);
             }
         });
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 

@@ -22,8 +22,8 @@ impl<T: Float> Op<T> for GatherLast {
         "gather_last"
     }
 
-    fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
-        let x = x[0];
+    fn forward(&mut self, inputs: &[&Tensor<T>]) -> Tensor<T> {
+        let &[x] = inputs else { unreachable!("gather_last takes x") };
         let n = x.last_dim();
         let mut out = Vec::with_capacity(self.indices.len());
         for (row, picks) in x.data().chunks_exact(n).zip(self.indices.chunks_exact(self.k)) {
@@ -34,9 +34,10 @@ impl<T: Float> Op<T> for GatherLast {
         Tensor::from_vec(&shape, out)
     }
 
-    fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
-        let n = x[0].last_dim();
-        let mut dx = vec![T::ZERO; x[0].numel()];
+    fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
+        let &[x] = inputs else { unreachable!("gather_last takes x") };
+        let n = x.last_dim();
+        let mut dx = vec![T::ZERO; x.numel()];
         // Scatter-add: a position picked twice receives both gradients.
         for ((dx_row, picks), g_row) in
             dx.chunks_exact_mut(n).zip(self.indices.chunks_exact(self.k)).zip(g.data().chunks_exact(self.k))
@@ -45,12 +46,15 @@ impl<T: Float> Op<T> for GatherLast {
                 dx_row[i as usize] += gi;
             }
         }
-        vec![Some(Grad::Dense(Tensor::from_vec(x[0].shape(), dx)))]
+        vec![Some(Grad::Dense(Tensor::from_vec(x.shape(), dx)))]
     }
 }
 
 /// Picks `k` entries of each row along the last axis of `x` `[..., n]`: `out[r, j] = x[r, indices[r·k + j]]`,
 /// shape `[..., k]`. Indices may repeat; the gradient of `x` is the scatter-add of the output gradient.
+///
+/// # Panics
+/// If `x` is a scalar or `n = 0`, `k = 0`, `indices` does not hold rows·k entries, or an index is ≥ n.
 pub fn gather_last<T: Float>(tape: &mut Tape<T>, x: &Var<T>, indices: &[u32], k: usize) -> Var<T> {
     assert!(x.value().rank() >= 1 && x.value().last_dim() > 0, "gather_last: x {:?} has no last axis", x.shape());
     assert!(k > 0, "gather_last: k must be positive");
@@ -65,7 +69,10 @@ pub fn gather_last<T: Float>(tape: &mut Tape<T>, x: &Var<T>, indices: &[u32], k:
 
 /// The `k` largest entries along the last axis of `x` `[..., n]`, sorted descending, as values `[..., k]`
 /// (differentiable) and their indices within the row (`rows·k` of them). Ties go to the lower index and
-/// NaN ranks last (see [`crate::kernels::topk`]). Panics if `k` is 0 or exceeds `n`.
+/// NaN ranks last (see [`crate::kernels::topk`]).
+///
+/// # Panics
+/// If `x` is a scalar, or `k` is 0 or exceeds `n`.
 pub fn topk<T: Float>(tape: &mut Tape<T>, x: &Var<T>, k: usize) -> (Var<T>, Vec<u32>) {
     assert!(x.value().rank() >= 1, "topk: x must have a last axis, got {:?}", x.shape());
     let n = x.value().last_dim();
