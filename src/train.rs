@@ -108,34 +108,36 @@ impl RunConfig {
         Ok(config)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| format!("model.{e}"))?;
+    pub fn validate(&self) -> Result<(), Error> {
+        self.model.validate().map_err(|e| Error::Invalid(format!("model.{e}")))?;
         let t = &self.train;
         if t.batch_size == 0 {
-            return Err("train.batch_size: must be at least 1".into());
+            return Err(Error::Invalid("train.batch_size: must be at least 1".into()));
         }
         if t.steps == 0 {
-            return Err("train.steps: must be at least 1".into());
+            return Err(Error::Invalid("train.steps: must be at least 1".into()));
         }
         for (field, value) in [("lr", t.lr), ("table_lr", t.table_lr)] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(format!("train.{field}: {value} is not a positive number (as a 32-bit float)"));
+                return Err(Error::Invalid(format!(
+                    "train.{field}: {value} is not a positive number (as a 32-bit float)"
+                )));
             }
         }
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return Err(format!("train.weight_decay: {} is not a non-negative number", t.weight_decay));
+            return Err(Error::Invalid(format!("train.weight_decay: {} is not a non-negative number", t.weight_decay)));
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
-            return Err("train.beta1 / train.beta2: must lie in [0, 1)".into());
+            return Err(Error::Invalid("train.beta1 / train.beta2: must lie in [0, 1)".into()));
         }
         if !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            return Err("train.min_lr_ratio: must lie in [0, 1]".into());
+            return Err(Error::Invalid("train.min_lr_ratio: must lie in [0, 1]".into()));
         }
         if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "train.grad_clip: {} is not a non-negative number (0 turns clipping off)",
                 t.grad_clip
-            ));
+            )));
         }
         Ok(())
     }
@@ -180,7 +182,7 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(config: RunConfig) -> Result<Self, Error> {
-        config.validate().map_err(Error::Train)?;
+        config.validate()?;
         let t = &config.train;
         let optimizer = AdamW::new(AdamWConfig {
             lr: t.lr,
@@ -191,7 +193,7 @@ impl Trainer {
             table_lr: t.table_lr,
         });
         let warmup = t.warmup_steps.min(t.steps);
-        let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio).map_err(Error::Train)?;
+        let schedule = CosineSchedule::new(warmup, t.steps, t.min_lr_ratio)?;
         let model = Gpt::new(&config.model, t.seed);
         Ok(Trainer { config, model, optimizer, schedule, tape: Tape::new(), step: 0, tokenizer: None })
     }
@@ -201,7 +203,7 @@ impl Trainer {
     pub fn set_steps(&mut self, steps: u64) -> Result<(), Error> {
         let t = &mut self.config.train;
         t.steps = steps;
-        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio).map_err(Error::Train)?;
+        self.schedule = CosineSchedule::new(t.warmup_steps.min(steps), steps, t.min_lr_ratio)?;
         Ok(())
     }
 
@@ -611,7 +613,7 @@ fn trim_metrics(path: &Path, step: u64) -> Result<ResumedStep, Error> {
 /// The steps a compute budget buys for this config (see [`flops`]); an error for a budget that is not a
 /// positive number or buys no whole step.
 pub fn steps_for_flops(config: &RunConfig, budget: f64) -> Result<u64, Error> {
-    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len).map_err(Error::Train)
+    flops::steps_for_budget(&config.model, budget, config.train.batch_size * config.model.seq_len)
 }
 
 fn clear(tty: bool) -> &'static str {

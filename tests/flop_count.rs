@@ -184,7 +184,7 @@ fn a_budget_buys_the_steps_that_spend_it() {
             let spent = steps as f64 * per_step;
             assert!((spent - budget).abs() <= per_step / 2.0, "{ffw:?} {budget}");
         }
-        let too_small = flops::steps_for_budget(&config, per_step / 10.0, tokens_per_step).unwrap_err();
+        let too_small = flops::steps_for_budget(&config, per_step / 10.0, tokens_per_step).unwrap_err().to_string();
         assert!(too_small.contains("no whole step"), "{too_small}");
     }
 }

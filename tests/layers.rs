@@ -7,7 +7,7 @@ use peerlm::nn::{
     Routing,
 };
 use peerlm::ops::{self, ExpertActivation};
-use peerlm::{Grad, Rng, Tape, Tensor, Var};
+use peerlm::{Error, Grad, Rng, Tape, Tensor, Var};
 
 /// Any of the layers, behind one forward signature.
 trait Layer: Module<f32> {
@@ -226,8 +226,8 @@ fn parameter_names_are_prefixed_and_unique() {
     );
 }
 
-fn error_of(result: Result<(), String>) -> String {
-    result.expect_err("the config should be rejected")
+fn error_of(result: Result<(), Error>) -> String {
+    result.expect_err("the config should be rejected").to_string()
 }
 
 #[test]

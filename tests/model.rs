@@ -118,19 +118,19 @@ fn batch_rows_are_independent() {
 fn impossible_configs_name_the_field() {
     let mut config = tiny(FfwKind::Peer);
     config.n_heads = 3;
-    assert!(config.validate().unwrap_err().starts_with("n_heads"), "{:?}", config.validate());
+    assert!(config.validate().unwrap_err().to_string().starts_with("n_heads"), "{:?}", config.validate());
     let mut config = tiny(FfwKind::Peer);
     config.peer.num_experts = 15;
-    assert!(config.validate().unwrap_err().contains("num_experts"), "{:?}", config.validate());
+    assert!(config.validate().unwrap_err().to_string().contains("num_experts"), "{:?}", config.validate());
     let mut config = tiny(FfwKind::Peer);
     config.peer.keys.top_k = 5; // more than √N = 4
-    assert!(config.validate().unwrap_err().contains("top_k"), "{:?}", config.validate());
+    assert!(config.validate().unwrap_err().to_string().contains("top_k"), "{:?}", config.validate());
     let mut config = tiny(FfwKind::Dense);
     config.ffw_blocks = Some(vec![3]);
-    assert!(config.validate().unwrap_err().starts_with("ffw_blocks"));
+    assert!(config.validate().unwrap_err().to_string().starts_with("ffw_blocks"));
     let mut config = tiny_with(FfwKind::Dense, Positions::Rotary);
     config.n_heads = 16; // heads one column wide: no pairs to turn
-    assert!(config.validate().unwrap_err().starts_with("positions"), "{:?}", config.validate());
+    assert!(config.validate().unwrap_err().to_string().starts_with("positions"), "{:?}", config.validate());
 }
 
 #[test]

@@ -19,7 +19,9 @@ def lr_at(m, d):
     return sig(lr128 * (lr16 / lr128) ** f), sig(tb128 * (tb16 / tb128) ** f)
 old = json.load(open(f'{root}/configs/study/isoflop-fixed-lr.json'))
 methods = old['grids'][0]['axes'][0]['values']
-budget_sizes = [([1.1e12, 3.5e12, 1.1e13], [64, 96, 128, 192, 256]), ([1.1e12, 3.5e12], [32, 48]), ([1.1e12], [12, 16, 24])]
+# Widths below 64 pass over the 1.84 M training tokens more than 2 times at 1.1e13, below 32 at 3.5e12; d24 at
+# 3.5e12 (1.8-2.1 passes) is the one exception, added when three methods' 3.5e12 minima sat at d32, the edge.
+budget_sizes = [([1.1e12, 3.5e12, 1.1e13], [64, 96, 128, 192, 256]), ([1.1e12, 3.5e12], [24, 32, 48]), ([1.1e12], [12, 16])]
 grids = []
 for mv in methods:
     m = mv['name']

@@ -345,8 +345,15 @@ mod tests {
         assert_eq!(c, naive(&a, &b, 2, 3, 2));
     }
 
+    #[cfg(feature = "parallel")]
     fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+
+    /// Without the `parallel` feature there is no pool: `f` runs on the calling thread.
+    #[cfg(not(feature = "parallel"))]
+    fn on_threads<R>(_threads: usize, f: impl FnOnce() -> R) -> R {
+        f()
     }
 
     #[test]

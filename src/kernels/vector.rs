@@ -481,9 +481,12 @@ mod tests {
         assert_eq!(serial.0.to_f64().to_bits(), parallel.0.to_f64().to_bits());
         assert_eq!(serial.1.to_f64().to_bits(), parallel.1.to_f64().to_bits());
         // And on a one-thread pool, where rayon runs every task in turn.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let one_thread = pool.install(|| steps(true));
-        assert_eq!(serial.0.to_f64().to_bits(), one_thread.0.to_f64().to_bits());
+        #[cfg(feature = "parallel")]
+        {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let one_thread = pool.install(|| steps(true));
+            assert_eq!(serial.0.to_f64().to_bits(), one_thread.0.to_f64().to_bits());
+        }
         // Elementwise maps above the threshold equal the same map done piecewise below it.
         let big = 2 * PARALLEL_MIN + 5;
         let (x, y) = (values::<T>(big, 7), values::<T>(big, 8));

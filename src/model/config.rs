@@ -7,6 +7,7 @@
 //! The paper's PEER models replace the feed-forward layer of the middle block only (He 2024, §3); that
 //! is the default here when `ffw` is a retrieval layer and `ffw_blocks` is not given.
 
+use crate::error::Error;
 use crate::kernels::peer::ExpertActivation;
 use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
@@ -130,7 +131,7 @@ impl ModelConfig {
     }
 
     /// Checks that the config describes a model that can be built; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("seq_len", self.seq_len),
@@ -140,40 +141,46 @@ impl ModelConfig {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(format!("{field}: must be at least 1"));
+                return Err(Error::Invalid(format!("{field}: must be at least 1")));
             }
         }
         // Every per-block loop (validation, FLOP and memory counts) runs this many times.
         if self.n_layers > MAX_LAYERS {
-            return Err(format!("n_layers: {} is more than {MAX_LAYERS}", self.n_layers));
+            return Err(Error::Invalid(format!("n_layers: {} is more than {MAX_LAYERS}", self.n_layers)));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(format!("vocab_size: {} does not fit token ids of 32 bits", self.vocab_size));
+            return Err(Error::Invalid(format!("vocab_size: {} does not fit token ids of 32 bits", self.vocab_size)));
         }
         if self.d_model % self.n_heads != 0 {
-            return Err(format!("n_heads: {} does not divide d_model = {}", self.n_heads, self.d_model));
+            return Err(Error::Invalid(format!(
+                "n_heads: {} does not divide d_model = {}",
+                self.n_heads, self.d_model
+            )));
         }
         let head_width = self.d_model / self.n_heads;
         if self.positions == Positions::Rotary && head_width % 2 != 0 {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "positions: rotary turns pairs of columns, but each head is {head_width} wide (d_model / n_heads)"
-            ));
+            )));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return Err(format!("norm_eps: {} must be positive", self.norm_eps));
+            return Err(Error::Invalid(format!("norm_eps: {} must be positive", self.norm_eps)));
         }
         if let Some(blocks) = &self.ffw_blocks {
             if let Some(bad) = blocks.iter().find(|&&b| b >= self.n_layers) {
-                return Err(format!("ffw_blocks: block {bad} does not exist (n_layers = {})", self.n_layers));
+                return Err(Error::Invalid(format!(
+                    "ffw_blocks: block {bad} does not exist (n_layers = {})",
+                    self.n_layers
+                )));
             }
             if let Some(twice) = blocks.iter().enumerate().find(|&(i, b)| blocks[..i].contains(b)) {
-                return Err(format!("ffw_blocks: block {} is listed twice", twice.1));
+                return Err(Error::Invalid(format!("ffw_blocks: block {} is listed twice", twice.1)));
             }
             if blocks.is_empty() && self.ffw != FfwKind::Dense {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "ffw_blocks: empty, so no block would use ffw = {:?}; list blocks, or leave ffw_blocks out for the middle one",
                     format!("{:?}", self.ffw).to_lowercase()
-                ));
+                )));
             }
         }
         let used = |kind| (0..self.n_layers).any(|b| self.ffw_of(b) == kind);

@@ -24,6 +24,7 @@
 //! `tests/flop_count.rs` checks every figure here against the FLOPs the kernels record
 //! ([`crate::kernels::flop_count`]) in a real forward and backward.
 
+use crate::error::Error;
 use crate::model::config::{FfwKind, ModelConfig};
 use crate::nn::ffw::DenseFfwConfig;
 use crate::nn::moe::{MoeConfig, Routing};
@@ -156,17 +157,21 @@ const MAX_STEPS: f64 = (1u64 << 53) as f64;
 
 /// Steps a run of `budget` training FLOPs takes at `tokens_per_step`, rounded to the nearest whole step.
 /// Errors if the budget is not a positive number, buys less than one step, or more than 2^53.
-pub fn steps_for_budget(config: &ModelConfig, budget: f64, tokens_per_step: usize) -> Result<u64, String> {
+pub fn steps_for_budget(config: &ModelConfig, budget: f64, tokens_per_step: usize) -> Result<u64, Error> {
     if !(budget.is_finite() && budget > 0.0) {
-        return Err(format!("--flops {budget}: the budget must be a positive number of FLOPs"));
+        return Err(Error::Invalid(format!("--flops {budget}: the budget must be a positive number of FLOPs")));
     }
     let per_step = train_flops_per_token(config) * tokens_per_step as f64;
     let steps = (budget / per_step).round();
     if steps < 1.0 {
-        return Err(format!("--flops {budget:e} buys no whole step: one step costs {per_step:.3e} FLOPs"));
+        return Err(Error::Invalid(format!(
+            "--flops {budget:e} buys no whole step: one step costs {per_step:.3e} FLOPs"
+        )));
     }
     if steps > MAX_STEPS {
-        return Err(format!("--flops {budget:e} buys {steps:.3e} steps of {per_step:.3e} FLOPs, more than 2^53"));
+        return Err(Error::Invalid(format!(
+            "--flops {budget:e} buys {steps:.3e} steps of {per_step:.3e} FLOPs, more than 2^53"
+        )));
     }
     Ok(steps as u64)
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::model::config::{FfwKind, ModelConfig, Positions};
 use crate::nn::attention::{Attention, KvCache};
@@ -316,14 +317,18 @@ impl<T: Float> Gpt<T> {
     }
 
     /// Moves the tensors of [`Gpt::buffers`] out of `tensors` into the layers.
-    pub fn load_buffers(&mut self, tensors: &mut BTreeMap<String, Tensor<T>>) -> Result<(), String> {
+    pub fn load_buffers(&mut self, tensors: &mut BTreeMap<String, Tensor<T>>) -> Result<(), Error> {
         for block in &mut self.blocks {
             for (name, stats) in block.ffw.module_mut().batch_norm_stats_mut() {
                 for (suffix, values) in [("running_mean", &mut stats.mean), ("running_var", &mut stats.var)] {
                     let key = format!("{name}.{suffix}");
-                    let tensor = tensors.remove(&key).ok_or_else(|| format!("no tensor {key}"))?;
+                    let tensor = tensors.remove(&key).ok_or_else(|| Error::Invalid(format!("no tensor {key}")))?;
                     if tensor.numel() != values.len() {
-                        return Err(format!("{key} has {} values, the layer {}", tensor.numel(), values.len()));
+                        return Err(Error::Invalid(format!(
+                            "{key} has {} values, the layer {}",
+                            tensor.numel(),
+                            values.len()
+                        )));
                     }
                     *values = tensor.into_vec();
                 }

@@ -5,6 +5,7 @@
 //! projection of each residual branch by 1/√(2·layers); a layer does not know the depth, so the model may
 //! rescale `fc_out.weight` after construction.)
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::nn::{FfwOut, Linear, Module};
 use crate::ops::{self, Gelu};
@@ -27,16 +28,16 @@ pub struct DenseFfwConfig {
 }
 
 impl DenseFfwConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         positive("ffw.d_model", self.d_model)?;
         positive("ffw.d_ff", self.d_ff)
     }
 }
 
 /// `Err` naming `field` unless `value` > 0 (shared by the configs of this module).
-pub(crate) fn positive(field: &str, value: usize) -> Result<(), String> {
+pub(crate) fn positive(field: &str, value: usize) -> Result<(), Error> {
     if value == 0 {
-        return Err(format!("{field}: must be positive, got 0"));
+        return Err(Error::Invalid(format!("{field}: must be positive, got 0")));
     }
     Ok(())
 }

@@ -25,6 +25,7 @@
 //! tape), the expert runs on that small batch, and [`ops::scatter_rows`] adds each output row, times its
 //! gate, back into its token's row.
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::nn::ffw::{positive, GPT2_INIT_STD};
 use crate::nn::{DenseFfw, DenseFfwConfig, FfwOut, Linear, Module, UsageTracker};
@@ -86,18 +87,27 @@ fn default_aux_loss_weight() -> f64 {
 }
 
 impl MoeConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         positive("moe.d_model", self.d_model)?;
         positive("moe.num_experts", self.num_experts)?;
         positive("moe.d_expert", self.d_expert)?;
         if self.top_k == 0 || self.top_k > self.num_experts {
-            return Err(format!("moe.top_k: {} is not in 1..={} (num_experts)", self.top_k, self.num_experts));
+            return Err(Error::Invalid(format!(
+                "moe.top_k: {} is not in 1..={} (num_experts)",
+                self.top_k, self.num_experts
+            )));
         }
         if !(self.capacity_factor.is_finite() && self.capacity_factor > 0.0) {
-            return Err(format!("moe.capacity_factor: {} is not a positive number", self.capacity_factor));
+            return Err(Error::Invalid(format!(
+                "moe.capacity_factor: {} is not a positive number",
+                self.capacity_factor
+            )));
         }
         if !(self.aux_loss_weight.is_finite() && self.aux_loss_weight >= 0.0) {
-            return Err(format!("moe.aux_loss_weight: {} is not a non-negative number", self.aux_loss_weight));
+            return Err(Error::Invalid(format!(
+                "moe.aux_loss_weight: {} is not a non-negative number",
+                self.aux_loss_weight
+            )));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! | m = h·k | experts per token, all heads together                     | `m`                          |
 //! | d       | width of the residual stream, of a token and of an expert | `d_model`, `d`               |
 //! | key dim | width of one head's query (two halves of key dim/2)       | `key_dim`                    |
+//! | dh      | key dim/2: width of a query half and of a sub-key         | `dh`, `half`                 |
 //! | T       | tokens in the batch                                       | `tokens`                     |
 //! | z       | an expert's pre-activation u_iᵀx                          | `z`                          |
 //!
@@ -43,6 +44,7 @@
 //! (see [`ProductKeyRouter`]); U ~ N(0, 1/d) so that `u_iᵀx` has unit variance; V ~ N(0, 1/(h·k)) so that
 //! the sum of the m expert outputs has O(1) entries.
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
 use crate::nn::product_key_router::{Gate, ProductKeyConfig, ProductKeyRouter, QueryNorm};
@@ -177,14 +179,14 @@ mod activation_name {
 }
 
 impl PeerConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         positive("peer.num_experts", self.num_experts)?;
         if self.num_experts > u32::MAX as usize {
-            return Err(format!("peer.num_experts: {} does not fit in u32 ids", self.num_experts));
+            return Err(Error::Invalid(format!("peer.num_experts: {} does not fit in u32 ids", self.num_experts)));
         }
         let n = self.sub_keys();
         if n * n != self.num_experts {
-            return Err(format!("peer.num_experts: {} is not a perfect square", self.num_experts));
+            return Err(Error::Invalid(format!("peer.num_experts: {} is not a perfect square", self.num_experts)));
         }
         self.keys.validate("peer", n, "√num_experts")
     }

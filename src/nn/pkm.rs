@@ -12,6 +12,7 @@
 //!
 //! Initialisation: the router's (see [`ProductKeyRouter`]); values N(0, 1/d_model) (as in the reference code).
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
 use crate::nn::product_key_router::{Gate, ProductKeyConfig, ProductKeyRouter, QueryNorm};
@@ -97,11 +98,11 @@ pub struct PkmConfig {
 }
 
 impl PkmConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         positive("pkm.num_keys", self.sub_keys)?;
         self.keys.validate("pkm", self.sub_keys, "num_keys")?;
         if self.sub_keys.checked_mul(self.sub_keys).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.sub_keys));
+            return Err(Error::Invalid(format!("pkm.num_keys: {}² slots do not fit in u32 ids", self.sub_keys)));
         }
         Ok(())
     }

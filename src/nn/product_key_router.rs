@@ -17,6 +17,7 @@
 //! Initialisation: query weights N(0, 1/d) so that with a layer-normed input each query entry has unit
 //! variance; sub-keys uniform in ±1/√(key_dim/2) as in the PKM reference code; batch-norm gain 1, bias 0.
 
+use crate::error::Error;
 use crate::kernels::Float;
 use crate::nn::ffw::positive;
 use crate::nn::{Linear, Module};
@@ -70,16 +71,19 @@ fn default_true() -> bool {
 impl ProductKeyConfig {
     /// Checks the fields against n = `sub_keys`; messages start with `{layer}.{field}:` and call n
     /// `sub_keys_name`, as the layer's config file writes it.
-    pub(crate) fn validate(&self, layer: &str, sub_keys: usize, sub_keys_name: &str) -> Result<(), String> {
+    pub(crate) fn validate(&self, layer: &str, sub_keys: usize, sub_keys_name: &str) -> Result<(), Error> {
         positive(&format!("{layer}.d_model"), self.d_model)?;
         positive(&format!("{layer}.heads"), self.heads)?;
         positive(&format!("{layer}.top_k"), self.top_k)?;
         positive(&format!("{layer}.key_dim"), self.key_dim)?;
         if self.key_dim % 2 != 0 {
-            return Err(format!("{layer}.key_dim: {} is odd; the query is split in two halves", self.key_dim));
+            return Err(Error::Invalid(format!(
+                "{layer}.key_dim: {} is odd; the query is split in two halves",
+                self.key_dim
+            )));
         }
         if self.top_k > sub_keys {
-            return Err(format!("{layer}.top_k: {} exceeds {sub_keys_name} ({sub_keys})", self.top_k));
+            return Err(Error::Invalid(format!("{layer}.top_k: {} exceeds {sub_keys_name} ({sub_keys})", self.top_k)));
         }
         Ok(())
     }

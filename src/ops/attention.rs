@@ -280,6 +280,9 @@ impl<T: Float> Op<T> for CausalAttention<T> {
         Tensor::from_vec(&[batch, t, d], join_heads(&[blocks], dims, t))
     }
 
+    // In the forward pass this was, per (batch, head), P = softmax(mask(Q'·Kᵀ)) and out = P·V; so now, with
+    // dP = dOut·Vᵀ: dV = Pᵀ·dOut, dScores = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = dScores·K/√Dh, dK = dScoresᵀ·Q'
+    // (tile by tile in `head_backward`).
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let (dims, sources) = self.read(inputs);
         let Dims { batch, t, s, heads, .. } = dims;

@@ -30,6 +30,8 @@ impl<T: Float> Op<T> for Dropout<T> {
         Tensor::from_vec(x.shape(), y)
     }
 
+    // In the forward pass this was y = x ⊙ factors (0 or 1/(1 − p) per element), so now dx = g ⊙ factors,
+    // the same mask.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("dropout takes x") };
         let mut dx = vec![T::ZERO; g.numel()];

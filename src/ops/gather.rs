@@ -51,9 +51,10 @@ impl<T: Float> Op<T> for Embedding {
         Tensor::from_vec(&[self.ids.len(), d], out)
     }
 
+    // In the forward pass this was out[t] = table[ids[t]] ([T, d]), so now dtable[ids[t]] += dout[t]:
+    // row-sparse, row t of dout under id ids[t] (repeated ids are summed by coalesce()).
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[table] = inputs else { unreachable!("embedding takes table") };
-        // Row t of the upstream gradient belongs to table row ids[t]; repeats are summed by coalesce().
         vec![Some(Grad::Rows(RowGrad::new(table.shape(), self.ids.clone(), g.data().to_vec())))]
     }
 }
@@ -91,6 +92,8 @@ impl<T: Float> Op<T> for WeightedGather {
         Tensor::from_vec(&[weights.dim(0), d], out)
     }
 
+    // In the forward pass this was out[t] = Σ_j w[t,j]·table[ids[t·k + j]], so now dw[t,j] =
+    // dout[t]·table[ids[t·k + j]] and dtable[r] = Σ w[t,j]·dout[t] over the (t, j) that read row r.
     fn backward(&self, x: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let (table, weights) = (x[0], x[1]);
         let (d, k) = (table.dim(1), weights.dim(1));

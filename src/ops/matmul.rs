@@ -40,6 +40,8 @@ impl<T: Float> Op<T> for MatMul {
         Tensor::from_vec(&shape, out)
     }
 
+    // In the forward pass this was C = A·B ([rows, k]·[k, n] → [rows, n]), so now dA = dC·Bᵀ [rows, k]
+    // and dB = Aᵀ·dC [k, n].
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let (a, b) = (x[0], x[1]);
         let (rows, k, n) = Self::dims(a, b);
@@ -130,6 +132,8 @@ impl<T: Float> Op<T> for BatchedMatMul {
         Tensor::from_vec(&[batch, m, n], out)
     }
 
+    // In the forward pass this was C = op(A)·op(B) per batch entry ([m, k]·[k, n] → [m, n]), so now
+    // d op(A) = dC·op(B)ᵀ and d op(B) = op(A)ᵀ·dC, each transposed back if its operand is stored transposed.
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let (a, b) = (x[0], x[1]);
         let BmmDims { batch, m, n } = self.dims(a, b);

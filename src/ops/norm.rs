@@ -59,8 +59,10 @@ impl<T: Float> Op<T> for Norm<T> {
         Tensor::from_vec(x.shape(), y)
     }
 
+    // In the forward pass this was y = x̂ ⊙ gain (+ bias), x̂ = (x − mean)·rstd per row (kept in `stats`), so
+    // now dgain = Σ_rows g ⊙ x̂, dbias = Σ_rows g and, with dx̂ = g ⊙ gain,
+    // dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)) (RMS norm: mean 0, no mean(dx̂) term).
     fn backward(&self, inputs: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
-        // The forward computed y = x̂ ⊙ gain (+ bias) and kept each row's mean and rstd in `stats`.
         let &[x, gain, ..] = inputs else { unreachable!("layer_norm takes x, gain, bias; rms_norm takes x, gain") };
         let d = x.last_dim();
         assert_eq!(self.stats.len(), x.numel() / d.max(1), "{}: backward without a forward on this input", self.name());

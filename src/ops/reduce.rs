@@ -71,6 +71,8 @@ impl<T: Float> Op<T> for Sum {
         Tensor::from_vec(&out_shape, out)
     }
 
+    // In the forward pass this was y[r] = scale·Σ_i x[r, i] (scale 1 for a sum, 1/width for a mean), so
+    // now dx[r, i] = scale·g[r] for every i.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("a reduction takes x") };
         let (_, width) = self.axes.split(self.label(), x.shape());
@@ -102,6 +104,8 @@ impl<T: Float> Op<T> for MaxLast {
         Tensor::from_vec(&out_shape, out)
     }
 
+    // In the forward pass this was y[r] = x[r, w] with w the row's first maximum (in `winners`), so now
+    // dx[r, w] = g[r] and 0 elsewhere in the row.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("max_last takes x") };
         let width = x.last_dim();

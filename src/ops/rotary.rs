@@ -81,6 +81,8 @@ impl<T: Float> Op<T> for Rotary<T> {
         self.rotate(x, false)
     }
 
+    // In the forward pass this was y = R(p·θᵢ)·x for each pair, a rotation, so now dx = R(p·θᵢ)ᵀ·g =
+    // R(−p·θᵢ)·g: the gradient turned back.
     fn backward(&self, _: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         vec![Some(Grad::Dense(self.rotate(g, true)))]
     }

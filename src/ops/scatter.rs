@@ -46,6 +46,8 @@ impl<T: Float> Op<T> for ScatterRows {
         Tensor::from_vec(&[self.total_rows, width], out)
     }
 
+    // In the forward pass this was out[rows[i]] += weights[i]·y[i], so now dy[i] = weights[i]·dout[rows[i]]
+    // and dweights[i] = ⟨y[i], dout[rows[i]]⟩.
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let (y, weights) = (x[0], x[1]);
         let width = y.dim(1);

@@ -32,6 +32,7 @@ impl<T: Float> Op<T> for Reshape {
         x.reshape(&self.shape)
     }
 
+    // In the forward pass this was y = x under a new shape, so now dx = g under x's shape (no copy).
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("reshape takes x") };
         vec![Some(Grad::Dense(g.reshape(x.shape())))]
@@ -90,6 +91,8 @@ impl<T: Float> Op<T> for Transpose {
         swap_axes(x, self.axis1, self.axis2)
     }
 
+    // In the forward pass this was y = x with axes axis1 and axis2 swapped, so now dx = g with them
+    // swapped back.
     fn backward(&self, _x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, _needs: &[bool]) -> Vec<Option<Grad<T>>> {
         vec![Some(Grad::Dense(swap_axes(g, self.axis1, self.axis2)))]
     }
@@ -134,6 +137,8 @@ impl<T: Float> Op<T> for Narrow {
         Tensor::from_vec(&shape, out)
     }
 
+    // In the forward pass this was y = x[start..start + len] along `axis`, so now dx = g in that slice
+    // and 0 elsewhere.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("narrow takes x") };
         let (_, size, inner) = around(x, self.axis, "narrow");
@@ -202,6 +207,8 @@ impl<T: Float> Op<T> for Concat {
         Tensor::from_vec(&shape, out)
     }
 
+    // In the forward pass this was y = [x₀, x₁, …] joined along `axis`, so now dxᵢ = the slice of g
+    // along `axis` where xᵢ sits.
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let mut start = 0;
         x.iter()

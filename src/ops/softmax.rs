@@ -36,6 +36,8 @@ impl<T: Float> Op<T> for Softmax {
         Tensor::from_vec(x.shape(), y)
     }
 
+    // In the forward pass this was y = softmax(x) per row, so now dx = y ⊙ (g − Σ g⊙y); for log-softmax,
+    // y = x − ln Σeˣ, so now dx = g − eʸ·Σg. Both from y and g alone.
     fn backward(&self, inputs: &[&Tensor<T>], y: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("softmax takes x") };
         let width = x.last_dim();

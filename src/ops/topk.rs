@@ -34,6 +34,8 @@ impl<T: Float> Op<T> for GatherLast {
         Tensor::from_vec(&shape, out)
     }
 
+    // In the forward pass this was out[r, j] = x[r, indices[r·k + j]] ([..., n] → [..., k]), so now
+    // dx[r, indices[r·k + j]] += g[r, j], and 0 at the positions not picked.
     fn backward(&self, inputs: &[&Tensor<T>], _: &Tensor<T>, g: &Tensor<T>, _: &[bool]) -> Vec<Option<Grad<T>>> {
         let &[x] = inputs else { unreachable!("gather_last takes x") };
         let n = x.last_dim();

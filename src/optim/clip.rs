@@ -64,7 +64,8 @@ fn grad_values(grad: &mut Grad) -> &mut [f32] {
 
 /// Independent running sums inside a chunk. One f64 sum is a chain of dependent additions, one per
 /// element, and ran at a fraction of memory speed over a PEER layer's gradients; sixteen lanes fill four
-/// AVX2 registers, enough to hide the adder's latency.
+/// AVX2 registers, enough to hide the adder's latency. Not the kernels' `MAX_LANES` (the widest SIMD vector,
+/// f32x16): these are f64 accumulators, and their count fixes the summation order, so the norm's bits.
 const LANES: usize = 16;
 
 /// `Σ x²` in f64: per-chunk sums in parallel, added in chunk order (deterministic for any thread count).

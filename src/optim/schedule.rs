@@ -7,6 +7,8 @@
 
 use std::f64::consts::PI;
 
+use crate::error::Error;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CosineSchedule {
     warmup_steps: u64,
@@ -17,12 +19,14 @@ pub struct CosineSchedule {
 impl CosineSchedule {
     /// Warmup over `warmup_steps` steps, cosine decay until `total_steps`, floor `min_lr_ratio` (in
     /// [0, 1]) of the peak rate. Errors on a floor outside [0, 1] or a warmup longer than the run.
-    pub fn new(warmup_steps: u64, total_steps: u64, min_lr_ratio: f32) -> Result<Self, String> {
+    pub fn new(warmup_steps: u64, total_steps: u64, min_lr_ratio: f32) -> Result<Self, Error> {
         if !(0.0..=1.0).contains(&min_lr_ratio) {
-            return Err(format!("schedule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}"));
+            return Err(Error::Invalid(format!("schedule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")));
         }
         if warmup_steps > total_steps {
-            return Err(format!("schedule: warmup_steps {warmup_steps} exceeds total_steps {total_steps}"));
+            return Err(Error::Invalid(format!(
+                "schedule: warmup_steps {warmup_steps} exceeds total_steps {total_steps}"
+            )));
         }
         Ok(CosineSchedule { warmup_steps, total_steps, min_lr_ratio })
     }
@@ -76,8 +80,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
-        assert!(CosineSchedule::new(0, 10, 1.5).unwrap_err().contains("min_lr_ratio"));
+        assert!(CosineSchedule::new(0, 10, 1.5).unwrap_err().to_string().contains("min_lr_ratio"));
         assert!(CosineSchedule::new(0, 10, f32::NAN).is_err());
-        assert!(CosineSchedule::new(11, 10, 0.1).unwrap_err().contains("warmup_steps"));
+        assert!(CosineSchedule::new(11, 10, 0.1).unwrap_err().to_string().contains("warmup_steps"));
     }
 }
