@@ -149,13 +149,17 @@ pub fn method_of(config: &RunConfig) -> String {
     }
 }
 
-/// Folds runs whose configs are equal but for `train.seed`, at the same budget, into points, in the order
-/// their first runs come.
+/// Folds runs whose configs are equal but for `train.seed`, at the same budget and with the same labels,
+/// into points, in the order their first runs come. The labels keep apart the points that two axes of one
+/// grid reach with the same config (the `active` grid's h·k = 32 is on its `h4` and on its `k8` split);
+/// a seed that comes twice in a point (the same config and seed trained twice) counts once, so that a
+/// replica is never taken for a second seed with zero spread.
 pub fn aggregate(runs: &[&RunSummaryFile]) -> Vec<Point> {
     let mut groups: Vec<(String, Vec<&RunSummaryFile>)> = Vec::new();
     for run in runs {
         let key = seedless_key(run);
         match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) if members.iter().any(|m| m.seed == run.seed) => {}
             Some((_, members)) => members.push(run),
             None => groups.push((key, vec![run])),
         }
@@ -167,7 +171,7 @@ fn seedless_key(run: &RunSummaryFile) -> String {
     let mut config = run.config.clone();
     config.train.seed = 0;
     let config = serde_json::to_string(&config).expect("a config serialises");
-    format!("{:e}|{config}", run.budget)
+    format!("{:e}|{:?}|{config}", run.budget, run.labels)
 }
 
 fn point_of(runs: &[&RunSummaryFile]) -> Point {
@@ -322,9 +326,10 @@ pub fn falls_monotonically(ys: &[f64]) -> bool {
 }
 
 /// Whether the gains of a falling curve shrink: the last step's drop is smaller than the first's. None
-/// with fewer than three points.
+/// with fewer than three points, or when the first step gains nothing (a curve that does not fall at
+/// first has no gains to saturate).
 pub fn saturates(ys: &[f64]) -> Option<bool> {
-    (ys.len() >= 3).then(|| {
+    (ys.len() >= 3 && ys[1] < ys[0]).then(|| {
         let first = ys[0] - ys[1];
         let last = ys[ys.len() - 2] - ys[ys.len() - 1];
         last < first

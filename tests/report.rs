@@ -259,6 +259,31 @@ fn runs_differing_only_in_seed_are_one_point() {
 }
 
 #[test]
+fn one_config_on_two_axes_is_two_points_and_a_replica_is_not_a_second_seed() {
+    // h = 4, k = 8 lies on both splits of the active grid: the same config, trained once on each split.
+    let on_h4 = summary("active", &[("split", "h4"), ("hk", "hk32")], 1e12, 1337, 140.0, peer(16384, 4, 8, None));
+    let on_k8 = summary("active", &[("split", "k8"), ("hk", "hk32")], 1e12, 1337, 140.0, peer(16384, 4, 8, None));
+    let points = study::aggregate(&[&on_h4, &on_k8]);
+    assert_eq!(points.len(), 2);
+    assert!(points.iter().all(|p| p.seeds == vec![1337]));
+    // The same run twice (a replica at the same seed) is one seed, not two with zero spread.
+    let points = study::aggregate(&[&on_h4, &on_h4.clone()]);
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].seeds, vec![1337]);
+    assert_eq!(points[0].perplexity("c4").unwrap().std, None);
+}
+
+#[test]
+fn saturation_is_judged_only_on_gains() {
+    // Drops of 40 then 10, and of 10 then 30.
+    assert_eq!(study::saturates(&[510.0, 470.0, 440.0, 430.0]), Some(true));
+    assert_eq!(study::saturates(&[510.0, 500.0, 470.0]), Some(false));
+    // Rising from the first step (losses that grow are not shrinking gains), and too few points.
+    assert_eq!(study::saturates(&[438.7, 440.4, 446.4, 453.6]), None);
+    assert_eq!(study::saturates(&[510.0, 470.0]), None);
+}
+
+#[test]
 fn best_size_per_method_and_budget() {
     let runs = isoflop_runs();
     let points = study::aggregate(&runs.iter().collect::<Vec<_>>());

@@ -169,7 +169,7 @@ fn figure3b(study: &Study) -> String {
             let saturation = match study::saturates(&ys) {
                 Some(true) => "the gains shrank (saturation held)",
                 Some(false) => "the gains did not shrink (no saturation)",
-                None => "too few points to judge saturation",
+                None => "no saturation to judge (fewer than three points, or no gain at the first step)",
             };
             format!("split `{s}`: {}; {saturation}", falls(&curve, name))
         })
