@@ -255,7 +255,7 @@ pub(crate) fn softmax_row<T: Float>(x: &[T], y: &mut [T]) {
 
 /// The backward of one softmax row: given its output `y` and the gradient `g` of the loss by `y`, writes
 /// the gradient by the row's input, `dx = y ⊙ (g − Σ g⊙y)` (the Jacobian is `diag(y) − y yᵀ`).
-pub fn softmax_backward_row<T: Float>(y: &[T], g: &[T], dx: &mut [T]) {
+pub(crate) fn softmax_backward_row<T: Float>(y: &[T], g: &[T], dx: &mut [T]) {
     let inner = dot(g, y);
     let iv = T::Simd::splat(inner);
     zip_map([y, g], dx, |[y, g]| y * (g - iv), |[y, g]| y * (g - inner));
