@@ -1,4 +1,5 @@
-//! Gradient checks for matmul (with leading axes) and bmm (all four transpose combinations).
+//! Gradient checks for matmul (with leading axes), linear (matmul with a bias, in one op) and bmm (all four
+//! transpose combinations).
 
 mod common;
 
@@ -15,6 +16,14 @@ proptest! {
         let a = tensor(&a_shape, -1.0, 1.0, seed);
         let b = tensor(&[k, n], -1.0, 1.0, seed ^ 1);
         check_gradients(&[a, b], |t, x| ops::matmul(t, &x[0], &x[1]))?;
+    }
+
+    #[test]
+    fn linear_with_leading_axes(lead in shape(1, 3), m in 1usize..5, k in 1usize..6, n in 1usize..6, seed in any::<u64>()) {
+        let x = tensor(&[lead[0], m, k], -1.0, 1.0, seed);
+        let w = tensor(&[k, n], -1.0, 1.0, seed ^ 1);
+        let b = tensor(&[n], -1.0, 1.0, seed ^ 2);
+        check_gradients(&[x, w, b], |t, x| ops::linear(t, &x[0], &x[1], &x[2]))?;
     }
 
     #[test]
@@ -71,4 +80,41 @@ fn matmul_over_an_empty_inner_axis_is_zero_with_empty_gradients() {
     tape.backward(&total);
     assert_eq!(tape.grad(&a).unwrap().to_dense().shape(), &[2, 3, 0]);
     assert_eq!(tape.grad(&b).unwrap().to_dense().shape(), &[0, 5]);
+}
+
+/// `linear` promises the very numbers of `matmul` then `add`, forward and backward, in f32 and at a size
+/// where its bias add and bias gradient run on both threads (700×300 outputs, a width with a SIMD tail).
+#[test]
+fn linear_equals_matmul_then_add_to_the_bit() {
+    use peerlm::{Param, ParamKind, Tape, Tensor};
+    let (rows, k, n) = (700, 37, 300);
+    let mut rng = peerlm::Rng::new(5);
+    let x = Param::new("x", ParamKind::Weight, Tensor::<f32>::randn(&[rows, k], 1.0, &mut rng));
+    let w = Param::new("w", ParamKind::Weight, Tensor::<f32>::randn(&[k, n], 1.0, &mut rng));
+    let b = Param::new("b", ParamKind::NoDecay, Tensor::<f32>::randn(&[n], 1.0, &mut rng));
+    let upstream = Tensor::<f32>::randn(&[rows, n], 1.0, &mut rng);
+    let run = |fused: bool, threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut tape = Tape::new();
+            let (xv, wv, bv) = (tape.param(&x), tape.param(&w), tape.param(&b));
+            let y = if fused {
+                ops::linear(&mut tape, &xv, &wv, &bv)
+            } else {
+                let product = ops::matmul(&mut tape, &xv, &wv);
+                ops::add(&mut tape, &product, &bv)
+            };
+            // A loss whose gradient with respect to y is `upstream`.
+            let u = tape.constant(upstream.clone());
+            let weighted = ops::mul(&mut tape, &y, &u);
+            let loss = ops::sum(&mut tape, &weighted);
+            tape.backward(&loss);
+            let grads = [&x, &w, &b].map(|p| tape.grad(p).unwrap().to_dense().data().to_vec());
+            (y.value().data().to_vec(), grads)
+        })
+    };
+    let reference = run(false, 1);
+    for threads in [1, 2] {
+        assert!(run(true, threads) == reference, "linear differs from matmul + add on {threads} threads");
+    }
 }

@@ -183,6 +183,41 @@ pub(crate) fn broadcast_rows<T: Float>(values: &[T], width: usize) -> Vec<T> {
     data
 }
 
+/// Columns per task of [`column_sums`]: a multiple of every lane count, so a task's stripe is whole vectors.
+const COLUMN_BLOCK: usize = 128;
+
+/// `Σ_r x[r, j]` for every column j of the row-major `x` `[rows, width]` (the gradient of a bias that was
+/// added to every row). Each column is added in row order, as a plain loop over the rows would; threads
+/// split the columns, never the rows, so the order and the result are the same on any number of threads.
+pub(crate) fn column_sums<T: Float>(x: &[T], width: usize) -> Vec<T> {
+    let mut sums = vec![T::ZERO; width];
+    if width == 0 {
+        return sums;
+    }
+    assert_eq!(x.len() % width, 0, "column_sums: {} elements are not rows of {width}", x.len());
+    let add_rows = |first_column: usize, acc: &mut [T]| {
+        for row in x.chunks_exact(width) {
+            let stripe = &row[first_column..first_column + acc.len()];
+            update(acc, [stripe], |a, [v]| a + v, |a, [v]| a + v);
+        }
+    };
+    if x.len() < PARALLEL_MIN {
+        add_rows(0, &mut sums);
+    } else {
+        sums.par_chunks_mut(COLUMN_BLOCK).enumerate().for_each(|(block, acc)| add_rows(block * COLUMN_BLOCK, acc));
+    }
+    sums
+}
+
+/// `x[r, :] += row` for every row of the row-major `x` `[rows, row.len()]`, in place (a bias added to a
+/// product the caller owns).
+pub(crate) fn add_to_rows<T: Float>(x: &mut [T], row: &[T]) {
+    let width = row.len();
+    let whole_rows = if width == 0 { x.is_empty() } else { x.len() % width == 0 };
+    assert!(whole_rows, "add_to_rows: {} elements are not rows of {width}", x.len());
+    for_each_row(x, width, width, |_, y| update(y, [row], |a, [b]| a + b, |a, [b]| a + b));
+}
+
 /// `a + b` elementwise into `dst`.
 pub fn add<T: Float>(a: &[T], b: &[T], dst: &mut [T]) {
     zip_map([a, b], dst, |[p, q]| p + q, |[p, q]| p + q);
@@ -389,6 +424,33 @@ mod tests {
             let row_values: Vec<f32> = values(rows, 1);
             let want: Vec<f32> = row_values.iter().flat_map(|&v| std::iter::repeat_n(v, width)).collect();
             assert_eq!(broadcast_rows(&row_values, width), want, "{rows}x{width}");
+        }
+    }
+
+    #[test]
+    fn column_sums_add_each_column_in_row_order_on_any_thread_count() {
+        // Serial and parallel sizes; widths below, at and across the column block, with a SIMD tail.
+        for (rows, width) in [(0, 4), (3, 0), (1, 1), (7, 3), (700, 300), (40, 1000), (2048, 17)] {
+            let x: Vec<f32> = values(rows * width, 3);
+            let mut want = vec![0.0f32; width];
+            for row in x.chunks_exact(width.max(1)) {
+                want.iter_mut().zip(row).for_each(|(w, &v)| *w += v);
+            }
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| column_sums(&x, width));
+                assert_eq!(got, want, "{rows}x{width} on {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn add_to_rows_adds_the_row_to_every_row() {
+        for (rows, width) in [(0, 4), (1, 1), (7, 3), (700, 300)] {
+            let (mut x, row): (Vec<f64>, Vec<f64>) = (values(rows * width, 4), values(width, 5));
+            let want: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v + row[i % width]).collect();
+            add_to_rows(&mut x, &row);
+            assert_eq!(x, want, "{rows}x{width}");
         }
     }
 

@@ -38,13 +38,12 @@ impl<T: Float> Linear<T> {
     /// `x [..., d_in] → [..., d_out]`.
     pub fn forward(&self, tape: &mut Tape<T>, x: &Var<T>) -> Var<T> {
         let weight = tape.param(&self.weight);
-        let y = ops::matmul(tape, x, &weight);
         match &self.bias {
             Some(bias) => {
                 let bias = tape.param(bias);
-                ops::add(tape, &y, &bias)
+                ops::linear(tape, x, &weight, &bias)
             }
-            None => y,
+            None => ops::matmul(tape, x, &weight),
         }
     }
 }
