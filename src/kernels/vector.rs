@@ -436,6 +436,8 @@ mod tests {
             for row in x.chunks_exact(width.max(1)) {
                 want.iter_mut().zip(row).for_each(|(w, &v)| *w += v);
             }
+            assert_eq!(column_sums(&x, width), want, "{rows}x{width}");
+            #[cfg(feature = "parallel")]
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let got = pool.install(|| column_sums(&x, width));
