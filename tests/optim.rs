@@ -69,6 +69,7 @@ fn dense_adamw_matches_f64_reference() {
         }
     }
     assert_eq!(adamw.step_count(), 6);
+    assert_eq!(adamw.config(), &config, "the optimizer reports the settings it was built with");
     for (param, reference) in [&weight, &bias, &table].iter().zip(&refs) {
         assert_close(param.value.data(), &reference.p, 2e-6, &param.name);
         let (m, v) = adamw.moments(&param.name).unwrap();
