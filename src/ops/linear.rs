@@ -9,6 +9,7 @@
 use crate::grad::Grad;
 use crate::kernels::vector::{add_to_rows, column_sums};
 use crate::kernels::{product, Float, MatRef};
+use crate::ops::matmul::row_product_dims;
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -16,16 +17,11 @@ use crate::tensor::Tensor;
 struct Linear;
 
 impl Linear {
+    /// (rows, k, n), as `matmul` reads `x·W`, once the bias is checked to be `[n]`.
     fn dims<T: Float>(x: &Tensor<T>, w: &Tensor<T>, b: &Tensor<T>) -> (usize, usize, usize) {
-        assert!(
-            x.rank() >= 1 && w.rank() == 2 && x.last_dim() == w.dim(0) && b.shape() == [w.dim(1)],
-            "linear: cannot apply a {:?} weight and a {:?} bias to {:?} (want [..., k], [k, n], [n])",
-            w.shape(),
-            b.shape(),
-            x.shape()
-        );
-        let rows = x.shape()[..x.rank() - 1].iter().product();
-        (rows, x.last_dim(), w.dim(1))
+        let (rows, k, n) = row_product_dims("linear", x, w);
+        assert!(b.shape() == [n], "linear: a bias of shape {:?} for {n} outputs (want [{n}])", b.shape());
+        (rows, k, n)
     }
 }
 

@@ -12,18 +12,18 @@ use crate::tensor::Tensor;
 /// `[..., m, k]·[k, n]`: the leading axes of `a` are flattened into rows.
 struct MatMul;
 
-impl MatMul {
-    fn dims<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> (usize, usize, usize) {
-        assert!(
-            a.rank() >= 1 && b.rank() == 2 && a.last_dim() == b.dim(0),
-            "matmul: cannot multiply {:?} by {:?} (want [..., k] · [k, n])",
-            a.shape(),
-            b.shape()
-        );
-        // The rows are the product of the leading axes (not numel / k, which is 0 / 0 when k = 0).
-        let rows = a.shape()[..a.rank() - 1].iter().product();
-        (rows, a.last_dim(), b.dim(1))
-    }
+/// (rows, k, n) of `a [..., k]·b [k, n]`, the leading axes of `a` counted as rows; panics, naming `op` and
+/// both shapes, unless the product is defined. Shared with `ops::linear`.
+pub(super) fn row_product_dims<T: Float>(op: &str, a: &Tensor<T>, b: &Tensor<T>) -> (usize, usize, usize) {
+    assert!(
+        a.rank() >= 1 && b.rank() == 2 && a.last_dim() == b.dim(0),
+        "{op}: cannot multiply {:?} by {:?} (want [..., k] · [k, n])",
+        a.shape(),
+        b.shape()
+    );
+    // The rows are the product of the leading axes (not numel / k, which is 0 / 0 when k = 0).
+    let rows = a.shape()[..a.rank() - 1].iter().product();
+    (rows, a.last_dim(), b.dim(1))
 }
 
 impl<T: Float> Op<T> for MatMul {
@@ -33,7 +33,7 @@ impl<T: Float> Op<T> for MatMul {
 
     fn forward(&mut self, x: &[&Tensor<T>]) -> Tensor<T> {
         let (a, b) = (x[0], x[1]);
-        let (rows, k, n) = Self::dims(a, b);
+        let (rows, k, n) = row_product_dims("matmul", a, b);
         let out = product(MatRef::new(a.data(), rows, k), MatRef::new(b.data(), k, n));
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap() = n;
@@ -44,7 +44,7 @@ impl<T: Float> Op<T> for MatMul {
     // and dB = Aᵀ·dC [k, n].
     fn backward(&self, x: &[&Tensor<T>], _out: &Tensor<T>, g: &Tensor<T>, needs: &[bool]) -> Vec<Option<Grad<T>>> {
         let (a, b) = (x[0], x[1]);
-        let (rows, k, n) = Self::dims(a, b);
+        let (rows, k, n) = row_product_dims("matmul", a, b);
         let (am, bm, gm) =
             (MatRef::new(a.data(), rows, k), MatRef::new(b.data(), k, n), MatRef::new(g.data(), rows, n));
         let grad_a = needs[0].then(|| {
