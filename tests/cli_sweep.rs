@@ -74,9 +74,14 @@ fn a_sweep_lists_runs_trains_them_and_adopts_committed_summaries() {
     assert!(summary.eval["c4"].perplexity.is_finite() && !summary.usage.is_empty());
     assert!(out.join("data/tokenizer.bpe").exists() && out.join("micro/dense-3e7-s1337/summary.json").exists());
 
-    // A new machine: the run directories are gone, the committed summaries are not.
+    // A new machine: the run directories are gone, the committed summaries are not. One of them is in
+    // another layout (keys sorted, on one line) with the same content: the sweep leaves its bytes alone.
     std::fs::remove_dir_all(&out).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    let relaid = serde_json::to_string(&value).unwrap();
+    std::fs::write(&summary_path, &relaid).unwrap();
     succeeded(&peerlm(&base));
+    assert_eq!(std::fs::read_to_string(&summary_path).unwrap(), relaid, "an unchanged summary was rewritten");
     assert!(!out.join("micro/peer-3e7-s1337/metrics.jsonl").exists(), "a committed run was trained again");
     assert_eq!(RunSummaryFile::load(&out.join("micro/peer-3e7-s1337/summary.json")).unwrap(), summary);
 

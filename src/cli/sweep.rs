@@ -126,7 +126,11 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode, Box<dyn Error>> {
         if let Some(dir) = &args.summaries {
             let path = dir.join(&run.grid).join(format!("{}.json", run.name));
             std::fs::create_dir_all(path.parent().expect("has a grid directory"))?;
-            summary.save(&path)?;
+            // A committed summary that already says the same is left as it is (a rewrite would only
+            // change its layout, and a reader's `git status`).
+            if !RunSummaryFile::load(&path).is_ok_and(|committed| committed == summary) {
+                summary.save(&path)?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
