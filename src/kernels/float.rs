@@ -3,12 +3,15 @@
 //! The engine is generic over [`Float`] so that the very same forward and backward code can run in double
 //! precision, where central finite differences are accurate to ~1e-8 and a wrong backward cannot hide
 //! behind rounding noise (see [`crate::gradcheck`]). Each type also names its SIMD vector from `wide`
-//! (16 lanes of f32 or 8 of f64: one AVX-512 register) and its GEMM from `matrixmultiply`, so kernels
-//! written once over `Float` compile to the right instructions for both.
+//! (16 lanes of f32 or 8 of f64: one AVX-512 register) and its GEMM (`matrixmultiply`'s, or for f32 the
+//! crate's own where that is faster), so kernels written once over `Float` compile to the right
+//! instructions for both.
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
+
+use super::MatRef;
 
 /// The widest SIMD vector of any [`Float`] (f32x16), in lanes: a stack buffer this long holds one
 /// vector's lanes.
@@ -99,6 +102,15 @@ pub trait Float:
     fn abs(self) -> Self;
     fn is_finite(self) -> bool;
 
+    /// `C = a·b`, or `C += a·b` when `accumulate`, for the row-major m×n matrix at `c`, on the threads:
+    /// f32 runs the crate's own GEMM (`kernels/sgemm.rs`) where the CPU has AVX2 and FMA, everything else
+    /// `matrixmultiply` in blocks ([`crate::kernels::gemm`]'s `split_multiply`).
+    ///
+    /// # Safety
+    /// As `split_multiply`: `c` holds m×n elements of the caller's own, apart from `a` and `b`,
+    /// initialised when accumulating; the inner dimension is not 0.
+    unsafe fn multiply(a: MatRef<Self>, b: MatRef<Self>, c: *mut Self, accumulate: bool);
+
     /// `c = alpha * a·b + beta * c` for an m×k `a` and k×n `b`, each given by its row and column strides
     /// (in elements), so a transposed operand is just swapped strides.
     ///
@@ -122,7 +134,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ident, $simd:ident, $lanes:expr, $gemm:ident, $erf:path) => {
+    ($t:ident, $simd:ident, $lanes:expr, $multiply:path, $gemm:ident, $erf:path) => {
         impl Lanes<$t> for wide::$simd {
             #[inline(always)]
             fn splat(x: $t) -> Self {
@@ -250,6 +262,11 @@ macro_rules! impl_float {
             fn is_finite(self) -> bool {
                 $t::is_finite(self)
             }
+            unsafe fn multiply(a: MatRef<Self>, b: MatRef<Self>, c: *mut Self, accumulate: bool) {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { $multiply(a, b, c, accumulate) }
+            }
+
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -270,8 +287,11 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, f32x16, 16, sgemm, libm::erff);
-impl_float!(f64, f64x8, 8, dgemm, libm::erf);
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+impl_float!(f32, f32x16, 16, super::sgemm::multiply, sgemm, libm::erff);
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+impl_float!(f32, f32x16, 16, super::gemm::split_multiply, sgemm, libm::erff);
+impl_float!(f64, f64x8, 8, super::gemm::split_multiply, dgemm, libm::erf);
 
 #[cfg(test)]
 mod tests {

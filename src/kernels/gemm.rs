@@ -1,10 +1,15 @@
 //! Matrix multiplication: `C = A·B (+ C)` on row-major buffers, either operand optionally transposed,
 //! spread over the cores with rayon.
 //!
+//! [`gemm`], [`product`] and [`gemm_batched`] check shapes and hand the product to the element type's
+//! [`Float::multiply`]: for f32 on a CPU with AVX2 and FMA that is the crate's own kernel where it is
+//! faster (`sgemm.rs`, when A's depth is contiguous), and everywhere else `matrixmultiply` in blocks, as
+//! below. The two give the same bits.
+//!
 //! A transposed operand costs nothing: `matrixmultiply` takes a row stride and a column stride for each
 //! matrix, and a transpose is the same buffer with the two strides swapped.
 //!
-//! Threads: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into a
+//! Threads, on the `matrixmultiply` path: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into a
 //! new one) cut C into a few blocks of rows (or of columns, when C is wider than tall) and rayon runs one
 //! `matrixmultiply` call per block. Every element of C is computed by exactly one call, and the blocks
 //! depend only on the shape, never on the thread count, so results are bit-identical on any number of
@@ -62,12 +67,17 @@ impl<'a, T: Float> MatRef<'a, T> {
     }
 
     /// Logical (row stride, column stride) in elements.
-    fn strides(&self) -> (isize, isize) {
+    pub(super) fn strides(&self) -> (isize, isize) {
         if self.transposed {
             (1, self.cols as isize)
         } else {
             (self.cols as isize, 1)
         }
+    }
+
+    /// The buffer as stored.
+    pub(super) fn data(&self) -> &'a [T] {
+        self.data
     }
 
     /// Pointer to logical element (row, col); in bounds for row < rows and col < cols (logical).
@@ -95,6 +105,23 @@ impl<T> SharedOut<T> {
 /// `c = a·b`, or `c += a·b` when `accumulate`; `c` is row-major m×n. Runs on several threads when the
 /// product is large enough; the result does not depend on the number of threads.
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    checked_gemm(a, b, c, accumulate, T::multiply);
+}
+
+/// [`gemm`] by `matrixmultiply` alone, whatever the element type and CPU: the portable path, public so
+/// that `benches/gemm.rs` can hold the crate's own f32 GEMM against it.
+pub fn gemm_with_matrixmultiply<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    checked_gemm(a, b, c, accumulate, split_multiply);
+}
+
+/// [`gemm`]'s checks and its empty sum, then `multiply` (a function with [`split_multiply`]'s contract).
+fn checked_gemm<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [T],
+    accumulate: bool,
+    multiply: unsafe fn(MatRef<T>, MatRef<T>, *mut T, bool),
+) {
     let (m, n) = product_dims(a, b);
     assert_eq!(c.len(), m * n, "gemm: output buffer of {} for {m}x{n}", c.len());
     if a.dims().1 == 0 {
@@ -104,10 +131,9 @@ pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool)
         }
         return;
     }
-    let beta = if accumulate { T::ONE } else { T::ZERO };
     flop_count::record(2 * m * n * a.dims().1);
-    // SAFETY: `c` is an exclusive borrow of m×n elements, distinct from `a` and `b`.
-    unsafe { multiply(a, b, c.as_mut_ptr(), beta) }
+    // SAFETY: `c` is an exclusive borrow of m×n initialised elements, distinct from `a` and `b`.
+    unsafe { multiply(a, b, c.as_mut_ptr(), accumulate) }
 }
 
 /// `a·b` as a new row-major m×n vector. Unlike `gemm` into a zeroed buffer, it does not write the
@@ -125,7 +151,7 @@ pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
     // elements, distinct from both; with β = 0 the blocks of `multiply`, which tile C, write every
     // element and read none, so all m×n elements are initialised when the length is set.
     unsafe {
-        multiply(a, b, c.as_mut_ptr(), T::ZERO);
+        T::multiply(a, b, c.as_mut_ptr(), false);
         c.set_len(m * n);
     }
     c
@@ -139,13 +165,15 @@ fn product_dims<T: Float>(a: MatRef<T>, b: MatRef<T>) -> (usize, usize) {
     (m, n)
 }
 
-/// `C = a·b + beta·C` for the row-major m×n matrix at `c`, in blocks spread over the cores.
+/// `C = a·b`, or `C += a·b` when `accumulate`, for the row-major m×n matrix at `c`: `matrixmultiply`
+/// in blocks spread over the cores (f64; f32 where the crate's own GEMM does not run).
 ///
 /// # Safety
 /// `a` and `b` cover their buffers (every `MatRef` does); `c` points to m×n elements that nothing else
-/// reads or writes meanwhile and that do not overlap `a` or `b`; they must be initialised unless `beta`
-/// is 0. The inner dimension k is not 0 (callers handle the empty sum themselves).
-unsafe fn multiply<T: Float>(a: MatRef<T>, b: MatRef<T>, c: *mut T, beta: T) {
+/// reads or writes meanwhile and that do not overlap `a` or `b`; they must be initialised when
+/// `accumulate` is set. The inner dimension k is not 0 (callers handle the empty sum themselves).
+pub(super) unsafe fn split_multiply<T: Float>(a: MatRef<T>, b: MatRef<T>, c: *mut T, accumulate: bool) {
+    let beta = if accumulate { T::ONE } else { T::ZERO };
     let ((m, k), (_, n)) = (a.dims(), b.dims());
     if m == 0 || n == 0 {
         return;
@@ -334,6 +362,21 @@ mod tests {
                 assert!(blocks.windows(2).all(|w| w[0].end == w[1].start && w[0].start < w[0].end));
             }
         }
+    }
+
+    #[test]
+    fn an_empty_sum_zeroes_c_or_leaves_it() {
+        for accumulate in [false, true] {
+            let mut c = vec![5.0f64; 6];
+            gemm(MatRef::new(&[], 2, 0), MatRef::new(&[], 0, 3), &mut c, accumulate);
+            assert_eq!(c, vec![if accumulate { 5.0 } else { 0.0 }; 6], "accumulate {accumulate}");
+        }
+    }
+
+    #[test]
+    fn a_product_too_small_for_a_task_is_one_block() {
+        assert_eq!(blocks_along(4096, MIN_TASK_FLOPS - 1).len(), 1);
+        assert_eq!(blocks_along(4096, 2 * MIN_TASK_FLOPS).len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Floor 0: loops over plain slices, with no knowledge of tensors or the tape.
 //!
-//! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices; `vector` holds the
+//! `float` defines the element type and its SIMD vector; `gemm` multiplies matrices (`sgemm`: the f32
+//! kernel of our own it uses where that is faster than `matrixmultiply`); `vector` holds the
 //! elementwise, reduction and softmax-row loops and the single-row helpers (dot, axpy, fixed-order partial
 //! sums) the other kernels share; `gelu` is the activation, written once for ops and kernels; `norm` holds
 //! the layer-norm and RMS-norm row loops; `topk` selects the best entries of rows; `row_groups` groups sparse
@@ -24,6 +25,7 @@ pub(crate) mod gelu;
 pub(crate) mod norm;
 pub(crate) mod peer;
 pub(crate) mod row_groups;
+pub(crate) mod sgemm;
 
 // Equation 3 token by token: reading material, and what `peer`'s tests compare the fast loops against.
 #[cfg(test)]
