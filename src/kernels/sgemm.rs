@@ -2,23 +2,26 @@
 //! shared by all threads (issue 16).
 //!
 //! The loops are the textbook blocked GEMM (Goto and van de Geijn, *Anatomy of high-performance matrix
-//! multiplication*, 2008), the same as `matrixmultiply`'s:
+//! multiplication*, 2008), as in `matrixmultiply`, with the threads shared out differently:
 //!
 //! ```text
 //! for each block of NC columns of B and C
-//!   for each block of KC rows of B (columns of A)            the depth, in order
-//!     pack B[KC, NC] into panels of NR columns               (B~: shared, packed by all threads)
-//!     for each block of MC rows of A and C, one task each    (in parallel)
-//!       pack A[MC, KC] into panels of MR rows                (A~: the task's own)
-//!       for each B panel, for each A panel: C tile (MR×NR) += A panel · B panel
+//!   for each span of up to 8 depth blocks (KC rows of B each), in order
+//!     pack B[span, NC] into panels of NR columns           (B~: packed by all threads together, shared)
+//!     for each block of MC rows of A and C, one task each   (in parallel)
+//!       for each depth block of the span, in order
+//!         pack A[MC, KC] into panels of MR rows             (A~: the task's own)
+//!         for each B panel, for each A panel: C tile (MR×NR) += A panel · B panel
 //! ```
 //!
-//! What differs from `matrixmultiply` (which `gemm.rs` keeps for f64 and for CPUs without AVX2) is where
-//! packing time goes, the part of a product that does no arithmetic:
-//! - B~ is packed once per block by all threads together, then read by all of them. A split of C into
-//!   one `matrixmultiply` call per thread packs the shared operand once per thread.
+//! What differs from `matrixmultiply` (which `gemm.rs` keeps for f64, for CPUs without AVX2 and for the
+//! products where this file is not faster, see [`multiply`]) is where packing time goes, the part of a
+//! product that does no arithmetic:
+//! - B~ is packed once by all threads together, then read by all of them. A split of C into one
+//!   `matrixmultiply` call per thread packs the shared operand once per thread.
 //! - An operand stored with its depth contiguous (the activations of `x·W`, any `Wᵀ`) is packed with
-//!   8×8 register transposes instead of element by element.
+//!   8×8 register transposes instead of element by element (where the panel is a multiple of 8 wide:
+//!   every B panel, and A's with the AVX-512 tile; AVX2's 6-row A panels are packed element by element).
 //!
 //! Every element of C is a sum over its KC-blocks in order, each block's products accumulated by fused
 //! multiply-adds from zero and then added to C: the order of `matrixmultiply`'s kernels, so the two give
