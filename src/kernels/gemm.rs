@@ -76,6 +76,7 @@ impl<'a, T: Float> MatRef<'a, T> {
     }
 
     /// The buffer as stored.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     pub(super) fn data(&self) -> &'a [T] {
         self.data
     }

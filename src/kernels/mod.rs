@@ -25,6 +25,8 @@ pub(crate) mod gelu;
 pub(crate) mod norm;
 pub(crate) mod peer;
 pub(crate) mod row_groups;
+// Only where it is used: x86-64 with AVX2 and FMA (see `float.rs`); elsewhere all of GEMM is `matrixmultiply`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 pub(crate) mod sgemm;
 
 // Equation 3 token by token: reading material, and what `peer`'s tests compare the fast loops against.
