@@ -9,9 +9,9 @@
 //! A transposed operand costs nothing: `matrixmultiply` takes a row stride and a column stride for each
 //! matrix, and a transpose is the same buffer with the two strides swapped.
 //!
-//! Threads, on the `matrixmultiply` path: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a given C) and [`product`] (into a
-//! new one) cut C into a few blocks of rows (or of columns, when C is wider than tall) and rayon runs one
-//! `matrixmultiply` call per block. Every element of C is computed by exactly one call, and the blocks
+//! Threads, on the `matrixmultiply` path: `matrixmultiply` itself runs single-threaded; [`gemm`] (into a
+//! given C) and [`product`] (into a new one) cut C into a few blocks of rows (or of columns, when C is
+//! wider than tall) and rayon runs one `matrixmultiply` call per block. Every element of C is computed by exactly one call, and the blocks
 //! depend only on the shape, never on the thread count, so results are bit-identical on any number of
 //! threads. Products too small to pay for a task run on the calling thread without touching rayon. The
 //! split follows the longer side of C because `matrixmultiply` packs the operand that is not split once per
@@ -138,8 +138,9 @@ fn checked_gemm<T: Float>(
 }
 
 /// `a·b` as a new row-major m×n vector. Unlike `gemm` into a zeroed buffer, it does not write the
-/// buffer twice: with β = 0 `matrixmultiply` writes every element of C without reading it ("If β is
-/// zero, then C does not need to be initialized"), so the buffer is never zeroed (see
+/// buffer twice: when not accumulating, both GEMMs write every element of C without reading it
+/// (`matrixmultiply`: "If β is zero, then C does not need to be initialized"; `sgemm.rs`: the first depth
+/// block overwrites its tiles), so the buffer is never zeroed (see
 /// [`super::memory::par_vec_uninit`] on what zeroing costs).
 pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
     let (m, n) = product_dims(a, b);
@@ -149,8 +150,8 @@ pub fn product<T: Float>(a: MatRef<T>, b: MatRef<T>) -> Vec<T> {
     let mut c = memory::uninit_vec(m * n);
     flop_count::record(2 * m * n * a.dims().1);
     // SAFETY: `a` and `b` cover their buffers (checked by `MatRef::new`); the new buffer holds m×n
-    // elements, distinct from both; with β = 0 the blocks of `multiply`, which tile C, write every
-    // element and read none, so all m×n elements are initialised when the length is set.
+    // elements, distinct from both; not accumulating, `T::multiply` writes every element and reads none
+    // (its contract), so all m×n elements are initialised when the length is set.
     unsafe {
         T::multiply(a, b, c.as_mut_ptr(), false);
         c.set_len(m * n);

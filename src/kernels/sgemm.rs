@@ -98,7 +98,6 @@ unsafe fn packed_multiply(a: MatRef<f32>, b: MatRef<f32>, c: *mut f32, accumulat
     // cores share them evenly.
     let blocks = m.div_ceil(MC).next_multiple_of(2);
     let mc = m.div_ceil(blocks).next_multiple_of(MR);
-    let row_starts: Vec<usize> = (0..m).step_by(mc).collect();
     let out = SharedOut(c);
     with_buffer(&B_PACK, |b_buffer| {
         for col0 in (0..n).step_by(NC) {
@@ -106,8 +105,8 @@ unsafe fn packed_multiply(a: MatRef<f32>, b: MatRef<f32>, c: *mut f32, accumulat
             for span0 in (0..k).step_by(SPAN) {
                 let span = span0..k.min(span0 + SPAN);
                 let b_pack = pack_b(b, cols.clone(), span.clone(), b_buffer, min_len);
-                row_starts.par_iter().with_min_len(min_len).for_each(|&row0| {
-                    let rows = row0..m.min(row0 + mc);
+                (0..m.div_ceil(mc)).into_par_iter().with_min_len(min_len).for_each(|block| {
+                    let rows = block * mc..m.min((block + 1) * mc);
                     let block = Block { rows, cols: cols.clone(), ldc: n, accumulate };
                     // SAFETY: the tasks' row ranges are disjoint and inside the m×n `c` the caller gave us.
                     unsafe { block_product(a, b_pack, span.clone(), &block, out.get()) }
