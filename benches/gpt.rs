@@ -6,11 +6,15 @@
 //! each peak RSS (VmHWM) belongs to that configuration alone. A step is forward, backward, clipping and the
 //! AdamW update on random tokens; the median of `PEERLM_BENCH_ITERS` (default 7) steps after two warm-up
 //! steps is reported.
+//!
+//! With `PEERLM_BENCH_PROFILE=1` each configuration also prints where its timed steps went, op by op
+//! (`peerlm::op_times`): milliseconds per step of each op's forward and backward and of the update.
 
 use std::time::Instant;
 
 use peerlm::data::Batch;
 use peerlm::model::FfwKind;
+use peerlm::op_times::OpTimes;
 use peerlm::train::{RunConfig, Trainer};
 use peerlm::Rng;
 
@@ -47,14 +51,21 @@ fn run_one(name: &str) {
     let mut rng = Rng::new(0);
     let mut tokens = || (0..batch_size * seq_len).map(|_| rng.below(vocab as u64) as u32).collect::<Vec<u32>>();
     let iters = harness::iterations(7);
+    let profile = std::env::var_os("PEERLM_BENCH_PROFILE").is_some();
     let mut times = Vec::new();
     for i in 0..iters + 2 {
         let batch = Batch { inputs: tokens(), targets: tokens(), batch_size, seq_len };
+        if profile && i == 2 {
+            trainer.time_ops();
+        }
         let start = Instant::now();
         trainer.train_step(&batch).expect("finite loss");
         if i >= 2 {
             times.push(start.elapsed().as_secs_f64());
         }
+    }
+    if let Some(op_times) = trainer.op_times() {
+        print_profile(op_times, times.iter().sum());
     }
     let median = harness::median(times);
     println!(
@@ -63,4 +74,23 @@ fn run_one(name: &str) {
         (batch_size * seq_len) as f64 / median,
         harness::peak_rss_mb()
     );
+}
+
+/// Milliseconds per timed step of each (pass, op), largest first, with its share of the steps' wall-clock
+/// time; what no op or update phase accounts for (recording the tape, the router's id bookkeeping, ...) last.
+fn print_profile(op_times: &OpTimes, measured_s: f64) {
+    let steps = harness::iterations(7) as f64;
+    let per_step_ms = |s: f64| s * 1e3 / steps;
+    for (pass, name, time, calls) in op_times.largest_first() {
+        let s = time.as_secs_f64();
+        println!(
+            "  {:<9} {name:<24} {:>8.1} ms {:>6.1}% {:>5} calls",
+            format!("{pass:?}"),
+            per_step_ms(s),
+            100.0 * s / measured_s,
+            calls
+        );
+    }
+    let rest = measured_s - op_times.total().as_secs_f64();
+    println!("  {:<34} {:>8.1} ms {:>6.1}%", "not in any op", per_step_ms(rest), 100.0 * rest / measured_s);
 }

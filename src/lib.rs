@@ -3,7 +3,7 @@
 //! The crate is built in floors, each importing only the ones below it:
 //! - `kernels`: SIMD and threaded loops over slices (GEMM, vector math), no autograd;
 //! - `tensor`, `grad`, `param`, `tape`: the tensor, dense and row-sparse gradients, parameters and the
-//!   reverse-mode tape;
+//!   reverse-mode tape; `op_times`: the tape's optional per-op timing;
 //! - `ops`: differentiable operations, each forward beside its backward;
 //! - `nn`: layers built from ops (linear, layer norm, attention, dense FFW, MoE, PKM, PEER), each owning its
 //!   parameters; `optim`: AdamW (dense and lazy row-sparse), schedule, clipping;
@@ -42,6 +42,7 @@ pub mod infer;
 pub mod kernels;
 pub mod model;
 pub mod nn;
+pub mod op_times;
 pub mod ops;
 pub mod optim;
 pub mod param;

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use crate::grad::Grad;
 use crate::kernels::Float;
+use crate::op_times::{OpTimes, Pass};
 use crate::param::{Param, ParamId};
 use crate::tensor::Tensor;
 
@@ -81,6 +82,8 @@ pub struct Tape<T: Float = f32> {
     nodes: Vec<Node<T>>,
     grads: Vec<Option<Grad<T>>>,
     param_grads: HashMap<ParamId, Grad<T>>,
+    /// Per-op wall-clock times, if [`Tape::time_ops`] asked for them.
+    times: Option<OpTimes>,
 }
 
 impl<T: Float> Default for Tape<T> {
@@ -92,7 +95,7 @@ impl<T: Float> Default for Tape<T> {
 impl<T: Float> Tape<T> {
     /// A tape that records, for training.
     pub fn new() -> Self {
-        Tape { recording: true, nodes: Vec::new(), grads: Vec::new(), param_grads: HashMap::new() }
+        Tape { recording: true, nodes: Vec::new(), grads: Vec::new(), param_grads: HashMap::new(), times: None }
     }
 
     /// A tape that records nothing: ops only compute values (evaluation, sampling).
@@ -133,7 +136,10 @@ impl<T: Float> Tape<T> {
         read: impl FnOnce(&mut O) -> R,
     ) -> (Var<T>, R) {
         let values: Vec<&Tensor<T>> = inputs.iter().map(|v| &v.value).collect();
-        let value = op.forward(&values);
+        let value = match &mut self.times {
+            Some(times) => times.time(Pass::Forward, op.name(), || op.forward(&values)),
+            None => op.forward(&values),
+        };
         let extra = read(&mut op);
         let tracked = self.recording && inputs.iter().any(|v| v.tracked());
         if !tracked {
@@ -174,7 +180,11 @@ impl<T: Float> Tape<T> {
                 },
                 NodeKind::Op { op, inputs, input_values } => {
                     let grad_out = grad.to_dense();
-                    let in_grads = backward_node(op.as_ref(), inputs, input_values, &node.value, &grad_out);
+                    let backward = || backward_node(op.as_ref(), inputs, input_values, &node.value, &grad_out);
+                    let in_grads = match &mut self.times {
+                        Some(times) => times.time(Pass::Backward, op.name(), backward),
+                        None => backward(),
+                    };
                     for (input, g) in inputs.iter().zip(in_grads) {
                         if let (Some(input), Some(g)) = (input, g) {
                             match &mut self.grads[*input] {
@@ -197,6 +207,24 @@ impl<T: Float> Tape<T> {
     /// Mutable access, for coalescing row-sparse gradients in place.
     pub fn grad_mut(&mut self, param: &Param<T>) -> Option<&mut Grad<T>> {
         self.param_grads.get_mut(&param.id())
+    }
+
+    /// Times every op's forward and backward from now on, summed by op name across steps (`clear` keeps
+    /// them): see [`crate::op_times`].
+    pub fn time_ops(&mut self) {
+        self.times.get_or_insert_with(OpTimes::default);
+    }
+
+    /// The times summed since [`Tape::time_ops`], if it was called.
+    pub fn op_times(&self) -> Option<&OpTimes> {
+        self.times.as_ref()
+    }
+
+    /// Adds the time since `start` of a phase outside the tape (the optimizer, say), if timing is on.
+    pub fn add_time(&mut self, pass: Pass, name: &'static str, start: std::time::Instant) {
+        if let Some(times) = &mut self.times {
+            times.add(pass, name, start.elapsed());
+        }
     }
 
     /// Forgets nodes and gradients, keeping allocated capacity for the next step.
@@ -305,6 +333,28 @@ mod tests {
         let y = tape.apply(Mul, &[&x, &x]); // y = x², dy/dx = 2x
         tape.backward(&y);
         assert_eq!(tape.grad(&p).unwrap().to_dense().item(), 6.0);
+    }
+
+    #[test]
+    fn a_timed_tape_counts_every_forward_and_backward_and_keeps_them_across_steps() {
+        let p = scalar_param(3.0);
+        let mut tape = Tape::new();
+        assert!(tape.op_times().is_none(), "timing is off unless asked for");
+        tape.time_ops();
+        for _ in 0..2 {
+            let x = tape.param(&p);
+            let y = tape.apply(Mul, &[&x, &x]);
+            let z = tape.apply(Mul, &[&y, &x]); // z = x³, dz/dx = 3x² = 27
+            tape.backward(&z);
+            assert_eq!(tape.grad(&p).unwrap().to_dense().item(), 27.0);
+            tape.clear();
+        }
+        let start = std::time::Instant::now();
+        tape.add_time(Pass::Update, "optimizer", start);
+        let mut calls: Vec<_> = tape.op_times().unwrap().largest_first().iter().map(|r| (r.0, r.1, r.3)).collect();
+        calls.sort();
+        let want = [(Pass::Forward, "test_mul", 4), (Pass::Backward, "test_mul", 4), (Pass::Update, "optimizer", 1)];
+        assert_eq!(calls, want);
     }
 
     #[test]

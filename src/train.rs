@@ -30,6 +30,7 @@ use crate::data::{fnv, tokenizer_file, Tokenizer};
 use crate::error::Error;
 use crate::model::{flops, memory, Gpt, ModelConfig};
 use crate::nn::Module;
+use crate::op_times::{OpTimes, Pass};
 use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -222,6 +223,17 @@ impl Trainer {
         self.step
     }
 
+    /// Times every op of the following steps, and the gradient norm and optimizer update: see
+    /// [`crate::op_times`].
+    pub fn time_ops(&mut self) {
+        self.tape.time_ops();
+    }
+
+    /// The times summed since [`Trainer::time_ops`], if it was called.
+    pub fn op_times(&self) -> Option<&OpTimes> {
+        self.tape.op_times()
+    }
+
     /// One optimizer step on `batch`. If the loss or the gradient norm is not finite (a finite loss can
     /// still overflow in the backward), it fails and leaves the weights, batch-norm running statistics,
     /// optimizer state and step count as they were.
@@ -236,13 +248,17 @@ impl Trainer {
         }
         self.tape.backward(&loss);
         drop(loss);
+        let start = Instant::now();
         let grad_norm = grad_norm(&self.model.params(), &mut self.tape);
+        self.tape.add_time(Pass::Update, "grad norm", start);
         if !grad_norm.is_finite() {
             return Err(self.undo_step(running_stats, format!("the gradient norm is {grad_norm}")));
         }
         let max_norm = if self.config.train.grad_clip > 0.0 { self.config.train.grad_clip } else { f64::INFINITY };
         let lr_scale = self.schedule.lr_scale(self.step);
+        let start = Instant::now();
         self.optimizer.step(&mut self.model.params_mut(), &self.tape, lr_scale, clip_factor(grad_norm, max_norm));
+        self.tape.add_time(Pass::Update, "optimizer", start);
         self.tape.clear();
         self.step += 1;
         Ok(StepStats { loss: ce, grad_norm, lr: f64::from(self.config.train.lr * lr_scale) })
