@@ -382,6 +382,23 @@ mod tests {
     }
 
     #[test]
+    fn the_matrixmultiply_path_matches_naive_and_gives_gemms_bits() {
+        check_product(33, 130, 7, |a, b| {
+            let mut c = vec![f64::NAN; 33 * 7];
+            gemm_with_matrixmultiply(a, b, &mut c, false);
+            c
+        });
+        // In f32 `gemm` may take the crate's own kernel, which sums in matrixmultiply's order.
+        let (m, k, n) = (64, 300, 48);
+        let a: Vec<f32> = random(m * k, 5).iter().map(|&x| x as f32).collect();
+        let b: Vec<f32> = random(k * n, 6).iter().map(|&x| x as f32).collect();
+        let (mut ours, mut theirs) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+        gemm(MatRef::new(&a, m, k), MatRef::new(&b, k, n), &mut ours, true);
+        gemm_with_matrixmultiply(MatRef::new(&a, m, k), MatRef::new(&b, k, n), &mut theirs, true);
+        assert!(ours.iter().zip(&theirs).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
     fn overwrite_ignores_old_contents() {
         let a = random(6, 3);
         let b = random(6, 4);
