@@ -199,6 +199,19 @@ mod tests {
         all
     }
 
+    /// The rule itself, pair by pair: the other tests compare against a sort that uses `ranks_before`, so
+    /// they cannot see a wrong rule, only a selection that disagrees with it.
+    #[test]
+    fn ranks_before_is_the_documented_strict_order() {
+        let nan = f64::NAN;
+        assert!(ranks_before((2.0, 9), (1.0, 0)) && !ranks_before((1.0, 0), (2.0, 9)));
+        assert!(ranks_before((1.0, 0), (1.0, 1)) && !ranks_before((1.0, 1), (1.0, 0)));
+        assert!(!ranks_before((1.0, 3), (1.0, 3)));
+        assert!(ranks_before((f64::NEG_INFINITY, 5), (nan, 0)) && !ranks_before((nan, 0), (f64::NEG_INFINITY, 5)));
+        assert!(ranks_before((nan, 2), (nan, 5)) && !ranks_before((nan, 5), (nan, 2)));
+        assert!(!ranks_before((nan, 2), (nan, 2)));
+    }
+
     #[test]
     fn ties_rank_lower_index_first() {
         let (vals, ids) = topk_rows(&[1.0, 3.0, 3.0, 2.0, 3.0], 5, 3);
