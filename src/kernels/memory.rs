@@ -129,23 +129,27 @@ pub(crate) fn uninit_vec<T>(len: usize) -> Vec<T> {
 /// Advises the kernel to back the 2 MiB-aligned part of `buffer` with huge pages. Only whole aligned
 /// huge pages inside the buffer are named, so the advice never reaches memory that is not ours.
 fn advise_huge_pages<T>(buffer: &mut [T]) {
-    let bytes = std::mem::size_of_val(buffer);
-    if bytes < HUGE_PAGE_MIN_BYTES {
-        return;
-    }
-    let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE_PAGE_BYTES);
-    let end = (buffer.as_ptr() as usize + bytes) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    let Some(range) = huge_page_range(buffer.as_ptr() as usize, std::mem::size_of_val(buffer)) else { return };
     #[cfg(target_os = "linux")]
-    if start < end {
-        // SAFETY: [start, end) lies inside `buffer`, which we borrow mutably, and is page-aligned as
-        // madvise requires. MADV_HUGEPAGE changes how the range is backed, never its contents; an error
-        // (for example THP compiled out of the kernel) only leaves the range on small pages.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
+    // SAFETY: `range` lies inside `buffer`, which we borrow mutably, and is page-aligned as madvise
+    // requires (`huge_page_range`, tested). MADV_HUGEPAGE changes how the range is backed, never its
+    // contents; an error (for example THP compiled out of the kernel) only leaves it on small pages.
+    unsafe {
+        libc::madvise(range.start as *mut libc::c_void, range.len(), libc::MADV_HUGEPAGE);
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (start, end);
+    let _ = range;
+}
+
+/// The whole huge pages inside the `bytes` bytes at address `start`, if the buffer is at least
+/// [`HUGE_PAGE_MIN_BYTES`] and holds one.
+fn huge_page_range(start: usize, bytes: usize) -> Option<std::ops::Range<usize>> {
+    if bytes < HUGE_PAGE_MIN_BYTES {
+        return None;
+    }
+    let first = start.next_multiple_of(HUGE_PAGE_BYTES);
+    let end = (start + bytes) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    (first < end).then_some(first..end)
 }
 
 /// Hints the CPU to start loading every cache line of `row`, which the caller will read soon: a loop
@@ -169,6 +173,25 @@ pub(crate) fn prefetch_row<T>(row: &[T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_advice_names_only_whole_aligned_pages_inside_the_buffer() {
+        let (page, min) = (HUGE_PAGE_BYTES, HUGE_PAGE_MIN_BYTES);
+        // Too small to advise, even when it spans an aligned page.
+        assert_eq!(huge_page_range(4 * page, min - 1), None);
+        // Aligned at both ends: all of it. Exactly the minimum counts.
+        assert_eq!(huge_page_range(4 * page, min), Some(4 * page..4 * page + min));
+        // Unaligned at both ends: the aligned pages strictly inside.
+        let start = 4 * page + 100;
+        assert_eq!(huge_page_range(start, 3 * page), Some(5 * page..7 * page));
+        for (start, bytes) in [(start, min), (start, min + page - 1), (page - 1, min + 3)] {
+            let range = huge_page_range(start, bytes).expect("a buffer of the minimum holds a huge page");
+            assert!(start <= range.start && range.end <= start + bytes, "{range:?} outside {start}+{bytes}");
+            assert!(range.start % page == 0 && range.end % page == 0 && !range.is_empty(), "{range:?}");
+        }
+        // The minimum is two pages, so the advice can only come up empty below it, never inside it.
+        assert!(min >= 2 * page);
+    }
 
     #[test]
     fn vec_from_fn_fills_in_order_at_every_size() {
