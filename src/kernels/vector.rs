@@ -564,6 +564,19 @@ mod tests {
         }
     }
 
+    /// The two paths against the true total (the test above only compares them with each other).
+    #[test]
+    fn a_reduction_over_many_chunks_counts_every_element_once() {
+        // Small integers: every partial sum is exact in f32, so any order of adding gives the exact total.
+        let n = 5 * CHUNK + 77;
+        let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let want: f64 = x.iter().map(|&v| f64::from(v)).sum();
+        for parallel in [false, true] {
+            let sum = reduce_chunks(parallel, [&x[..]], 0.0, |acc, [v]| acc + v, |acc, [v]| acc + v, |p, q| p + q);
+            assert_eq!(f64::from(sum), want, "parallel: {parallel}");
+        }
+    }
+
     #[test]
     fn parallel_results_are_bit_identical_to_serial() {
         serial_and_parallel_agree::<f32>();
