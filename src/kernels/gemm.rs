@@ -436,7 +436,9 @@ mod tests {
 
     #[test]
     fn batched_matches_per_entry_and_threads() {
-        for &(batch, m, k, n) in &[(3, 5, 7, 3), (40, 33, 17, 9), (2, 130, 130, 70)] {
+        // The last case has entries small enough to be grouped into tasks, and more of them than one group.
+        assert!(MIN_TASK_FLOPS.div_ceil(2 * 64 * 64 * 32) < 40);
+        for &(batch, m, k, n) in &[(3, 5, 7, 3), (40, 33, 17, 9), (2, 130, 130, 70), (40, 64, 64, 32)] {
             let a = random(batch * m * k, 7);
             let b = random(batch * n * k, 8);
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
