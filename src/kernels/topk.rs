@@ -212,6 +212,22 @@ mod tests {
         assert!(!ranks_before((nan, 2), (nan, 2)));
     }
 
+    /// `topk_rows` reuses one buffer per task across rows: each row must be ranked on its own. Earlier rows
+    /// hold larger values, so anything a row kept from the one before would win a place.
+    #[test]
+    fn every_row_of_a_batch_is_ranked_on_its_own() {
+        let (rows, len, k) = (50, 40, 5);
+        let values: Vec<f64> =
+            (0..rows * len).map(|i| (rows - i / len) as f64 * 100.0 + ((i * 37) % 41) as f64).collect();
+        let (vals, ids) = topk_rows(&values, len, k);
+        for (r, row) in values.chunks(len).enumerate() {
+            let want = by_sorting(row, k);
+            let got: Vec<(f64, u32)> =
+                vals[r * k..(r + 1) * k].iter().copied().zip(ids[r * k..(r + 1) * k].iter().copied()).collect();
+            assert_eq!(got, want, "row {r}");
+        }
+    }
+
     #[test]
     fn ties_rank_lower_index_first() {
         let (vals, ids) = topk_rows(&[1.0, 3.0, 3.0, 2.0, 3.0], 5, 3);
