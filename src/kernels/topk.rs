@@ -275,6 +275,30 @@ mod tests {
         }
     }
 
+    /// The threshold's own contract: at least k elements at or above it (so it never cuts the top k), at
+    /// most 2k on rows of distinct random values (what makes it worth computing), counted as a plain
+    /// loop counts; no threshold for a row with a non-finite element. The selection tests cannot see the
+    /// second half: a lower threshold only offers more candidates to the same exact buffer.
+    #[test]
+    fn the_threshold_keeps_between_k_and_2k_candidates() {
+        let mut rng = crate::rng::Rng::new(9);
+        for (len, k) in [(512, 16), (256, 1), (1024, 33), (64, 8)] {
+            for _ in 0..20 {
+                let row: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+                let threshold = candidate_threshold(&row, k).expect("a finite row longer than k has one");
+                let left = row.iter().filter(|&&x| x >= threshold).count();
+                assert_eq!(count_at_least(&row, threshold), left);
+                assert!((k..=2 * k).contains(&left), "len {len}, k {k}: {left} candidates");
+            }
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = vec![0.5f32; 64];
+            row[37] = bad;
+            assert_eq!(candidate_threshold(&row, 4), None, "a row holding {bad}");
+        }
+        assert_eq!(candidate_threshold(&[1.0f32; 16], 0), None);
+    }
+
     #[test]
     fn threshold_filter_matches_sorting_with_ties() {
         // Finite rows (the SIMD threshold path) with few distinct values, so ties sit at the threshold.
