@@ -496,6 +496,11 @@ mod tests {
                 let mut y = vec![T::ZERO; n];
                 softmax_row(&a, &mut y);
                 (0..n).for_each(|i| close(y[i], (a64[i] - lse).exp(), "softmax", n));
+                // Its backward with b as the upstream gradient, in f64 from the same y (every tail length).
+                let mut dx = vec![T::ZERO; n];
+                softmax_backward_row(&y, &b, &mut dx);
+                let inner: f64 = y.iter().zip(&b64).map(|(y, g)| y.to_f64() * g).sum();
+                (0..n).for_each(|i| close(dx[i], y[i].to_f64() * (b64[i] - inner), "softmax backward", n));
                 log_softmax_row(&a, &mut y);
                 (0..n).for_each(|i| close(y[i], a64[i] - lse, "log_softmax", n));
             }
