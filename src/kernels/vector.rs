@@ -477,6 +477,9 @@ mod tests {
             let mut y = b.clone();
             axpy(T::from_f64(-1.5), &a, &mut y);
             (0..n).for_each(|i| close(y[i], b[i].to_f64() - 1.5 * a[i].to_f64(), "axpy", n));
+            let mut z = vec![T::from_f64(7.0); n];
+            scale_into(T::from_f64(-1.5), &a, &mut z);
+            (0..n).for_each(|i| assert_eq!(z[i], T::from_f64(-1.5) * a[i], "scale_into, n = {n}"));
         }
     }
 
