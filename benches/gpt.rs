@@ -65,7 +65,7 @@ fn run_one(name: &str) {
         }
     }
     if let Some(op_times) = trainer.op_times() {
-        print_profile(op_times, times.iter().sum());
+        print_profile(op_times, &times);
     }
     let median = harness::median(times);
     println!(
@@ -78,8 +78,8 @@ fn run_one(name: &str) {
 
 /// Milliseconds per timed step of each (pass, op), largest first, with its share of the steps' wall-clock
 /// time; what no op or update phase accounts for (recording the tape, the router's id bookkeeping, ...) last.
-fn print_profile(op_times: &OpTimes, measured_s: f64) {
-    let steps = harness::iterations(7) as f64;
+fn print_profile(op_times: &OpTimes, step_times_s: &[f64]) {
+    let (steps, measured_s) = (step_times_s.len() as f64, step_times_s.iter().sum::<f64>());
     let per_step_ms = |s: f64| s * 1e3 / steps;
     for (pass, name, time, calls) in op_times.largest_first() {
         let s = time.as_secs_f64();

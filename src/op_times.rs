@@ -53,6 +53,14 @@ impl OpTimes {
     }
 }
 
+/// Runs `f`, timing it into `times` under `(pass, name)` when timing is on.
+pub(crate) fn timed<R>(times: &mut Option<OpTimes>, pass: Pass, name: &'static str, f: impl FnOnce() -> R) -> R {
+    match times {
+        Some(times) => times.time(pass, name, f),
+        None => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use crate::grad::Grad;
 use crate::kernels::Float;
-use crate::op_times::{OpTimes, Pass};
+use crate::op_times::{timed, OpTimes, Pass};
 use crate::param::{Param, ParamId};
 use crate::tensor::Tensor;
 
@@ -136,10 +136,7 @@ impl<T: Float> Tape<T> {
         read: impl FnOnce(&mut O) -> R,
     ) -> (Var<T>, R) {
         let values: Vec<&Tensor<T>> = inputs.iter().map(|v| &v.value).collect();
-        let value = match &mut self.times {
-            Some(times) => times.time(Pass::Forward, op.name(), || op.forward(&values)),
-            None => op.forward(&values),
-        };
+        let value = timed(&mut self.times, Pass::Forward, op.name(), || op.forward(&values));
         let extra = read(&mut op);
         let tracked = self.recording && inputs.iter().any(|v| v.tracked());
         if !tracked {
@@ -181,10 +178,7 @@ impl<T: Float> Tape<T> {
                 NodeKind::Op { op, inputs, input_values } => {
                     let grad_out = grad.to_dense();
                     let backward = || backward_node(op.as_ref(), inputs, input_values, &node.value, &grad_out);
-                    let in_grads = match &mut self.times {
-                        Some(times) => times.time(Pass::Backward, op.name(), backward),
-                        None => backward(),
-                    };
+                    let in_grads = timed(&mut self.times, Pass::Backward, op.name(), backward);
                     for (input, g) in inputs.iter().zip(in_grads) {
                         if let (Some(input), Some(g)) = (input, g) {
                             match &mut self.grads[*input] {
